@@ -1,0 +1,1 @@
+"""idmesh control plane: identity, mesh model, Envoy translation and xDS."""

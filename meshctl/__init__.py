@@ -1,0 +1,1 @@
+"""meshctl: the idmesh command-line tool."""
