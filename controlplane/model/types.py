@@ -67,7 +67,7 @@ class MeshConfig:
 @dataclass(frozen=True, slots=True)
 class Namespace:
     name: str
-    labels: Mapping[str, str] = EMPTY
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +90,8 @@ class Workload:
     namespace: str
     name: str
     service_account: str = "default"
-    labels: Mapping[str, str] = EMPTY
-    annotations: Mapping[str, str] = EMPTY
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    annotations: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     ports: tuple[ContainerPort, ...] = ()
     ip: str | None = None
     node_name: str = ""
@@ -129,9 +129,9 @@ class Service:
     namespace: str
     name: str
     ports: tuple[ServicePort, ...] = ()
-    selector: Mapping[str, str] = EMPTY
+    selector: Mapping[str, str] = field(default_factory=lambda: EMPTY)
     cluster_ip: str | None = None
-    labels: Mapping[str, str] = EMPTY
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
 
     def host(self, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> str:
         return f"{self.name}.{self.namespace}.svc.{cluster_domain}"
@@ -255,9 +255,19 @@ class MeshState:
     errors: tuple[Exception, ...] = ()
 
 
+ProxyMode = Literal["kubernetes", "local"]
+
+
 @dataclass(frozen=True, slots=True)
 class Proxy:
-    """One connected sidecar: whose configuration the translator computes."""
+    """One connected sidecar: whose configuration the translator computes.
+
+    In `kubernetes` mode iptables sends inbound traffic to 15006 and outbound traffic to 15001,
+    and the app listens on its ports at `app_address` (127.0.0.1). In `local` mode there is no
+    iptables: inbound listeners bind `ip:<container port>` directly, the app listens on
+    `app_address:<container port>` (another loopback address), and the app sends outbound HTTP
+    to `ip:15001` with the service host in the authority, or opens TCP with HTTP CONNECT there.
+    """
 
     node_id: str
     namespace: str
@@ -265,4 +275,19 @@ class Proxy:
     service_account: str
     ip: str
     spiffe_id: SpiffeId
-    labels: Mapping[str, str] = EMPTY
+    labels: Mapping[str, str] = field(default_factory=lambda: EMPTY)
+    mode: ProxyMode = "kubernetes"
+    app_address: str = "127.0.0.1"
+
+    @property
+    def group_key(self) -> tuple:
+        """Everything that shapes this proxy's configuration; proxies with equal keys share it."""
+        return (
+            self.namespace,
+            self.workload,
+            self.service_account,
+            tuple(sorted(self.labels.items())),
+            self.mode,
+            self.ip if self.mode == "local" else "",
+            self.app_address,
+        )
