@@ -47,6 +47,14 @@ class SvidError(IdentityError, ValueError):
     """A certificate that breaks the X.509-SVID profile."""
 
 
+class UnsupportedKeyError(IdentityError, ValueError):
+    """A public key the mesh does not accept; `key_type` describes it and `reason` names the rule."""
+
+
+class BundleError(IdentityError, ValueError):
+    """A trust bundle that cannot be built or parsed."""
+
+
 class CAError(IdentityError):
     """The certificate authority cannot be created, loaded or used."""
 
