@@ -21,6 +21,7 @@ workload. The CSR contributes its public key and nothing else.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -271,6 +272,7 @@ class CertificateAuthority:
         ttl: timedelta | None,
         now: datetime,
         key_type: str = DEFAULT_KEY_TYPE,
+        dns_names: Sequence[str] = (),
     ) -> tuple[IssuedSvid, bytes]:
         """Generate a key here and sign an SVID for it; return the SVID and the PKCS#8 key PEM.
 
@@ -283,7 +285,7 @@ class CertificateAuthority:
         except CSRRejected as exc:
             raise CAError(f"cannot issue an SVID for {identity}: {exc.message}", reason=exc.reason) from exc
         key = generate_private_key(key_type)
-        issued = self._sign(key.public_key(), identity=identity, ttl=lifetime, now=now)
+        issued = self._sign(key.public_key(), identity=identity, ttl=lifetime, now=now, dns_names=dns_names)
         log.info("ca.svid.issued", principal=str(identity), serial=f"{issued.serial:x}",
                  not_after=issued.not_after.isoformat())
         return issued, private_key_to_pem(key)
@@ -313,7 +315,15 @@ class CertificateAuthority:
             )
         return min(ttl, self.max_ttl)
 
-    def _sign(self, public_key: PublicKey, *, identity: SpiffeId, ttl: timedelta, now: datetime) -> IssuedSvid:
+    def _sign(
+        self,
+        public_key: PublicKey,
+        *,
+        identity: SpiffeId,
+        ttl: timedelta,
+        now: datetime,
+        dns_names: Sequence[str] = (),
+    ) -> IssuedSvid:
         if now.tzinfo is None:
             raise TypeError("now must be a timezone-aware datetime, such as datetime.now(timezone.utc)")
         signing_cert = self.signing_certificate
@@ -325,6 +335,7 @@ class CertificateAuthority:
             issuer_key=self._signing_key,
             ttl=ttl,
             now=now,
+            dns_names=dns_names,
         )
         return IssuedSvid(
             spiffe_id=identity,

@@ -7,6 +7,7 @@ asked for `ttl` expires at `now + ttl`, or earlier if its issuer expires first.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 from cryptography import x509
@@ -114,11 +115,13 @@ def build_leaf(
     issuer_key: PrivateKey,
     ttl: timedelta,
     now: datetime,
+    dns_names: Sequence[str] = (),
 ) -> x509.Certificate:
     """Build a leaf X.509-SVID for `identity` and `key`, signed by `issuer`.
 
     The subject carries only O=idmesh: a CN holding the SPIFFE ID could exceed the 64-character
-    limit of X.520, and nothing in the mesh reads the CN.
+    limit of X.520, and nothing in the mesh reads the CN. `dns_names` become DNS SANs next to
+    the URI SAN, for a server that clients verify by host name (the control plane itself).
     """
     usage = x509.KeyUsage(
         digital_signature=True,
@@ -149,7 +152,9 @@ def build_leaf(
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key), critical=False)
         .add_extension(_authority_key_identifier(issuer), critical=False)
         .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(str(identity))]),
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(str(identity)), *(x509.DNSName(name) for name in dns_names)]
+            ),
             critical=False,
         )
     )
