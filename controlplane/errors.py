@@ -112,3 +112,15 @@ class XdsError(MeshError):
 
 class SourceError(MeshError):
     """A configuration source (files, Kubernetes API) that cannot be read."""
+
+
+class KubernetesApiError(SourceError):
+    """A Kubernetes API request that failed.
+
+    `resource` is the collection path, `status` the HTTP status (0 when no response came) and
+    `reason` the API's reason word such as `Expired` or `NotFound`.
+    """
+
+
+class KubernetesConfigError(SourceError):
+    """No usable connection settings: neither in-cluster nor a valid kubeconfig."""
