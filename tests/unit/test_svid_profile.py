@@ -29,6 +29,7 @@ INVALID = [
     ("leaf-with-trailing-slash-spiffe-id.pem", "invalid-spiffe-id", "the path ends with '/'"),
     ("leaf-with-root-spiffe-id.pem", "root-spiffe-id", "has no path"),
     ("leaf-with-ca-true.pem", "leaf-is-ca", "CA=true"),
+    ("leaf-without-basic-constraints.pem", "no-basic-constraints", "has no basic constraints extension"),
     ("leaf-with-key-cert-sign.pem", "leaf-can-sign-certificates", "keyCertSign or cRLSign"),
     ("leaf-with-crl-sign.pem", "leaf-can-sign-certificates", "keyCertSign or cRLSign"),
     ("leaf-without-digital-signature.pem", "no-digital-signature", "lacks digitalSignature"),

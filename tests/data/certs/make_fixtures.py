@@ -93,6 +93,7 @@ def main() -> None:
         "leaf-with-ca-true.pem": make_leaf(
             ca, ca_key, basic_constraints=x509.BasicConstraints(ca=True, path_length=None)
         ),
+        "leaf-without-basic-constraints.pem": make_leaf(ca, ca_key, basic_constraints=None),
         "leaf-with-key-cert-sign.pem": make_leaf(ca, ca_key, usage=key_usage(key_cert_sign=True)),
         "leaf-with-crl-sign.pem": make_leaf(ca, ca_key, usage=key_usage(crl_sign=True)),
         "leaf-without-digital-signature.pem": make_leaf(
