@@ -2,7 +2,7 @@
 
 Other parts of the control plane register what they expose before the server starts:
 `add_readiness_check` for anything that must be ready before traffic is sent here, and
-`add_json_route` for debug endpoints that return a JSON document. The server itself holds no
+`add_json_route` for debug endpoints that return a JSON document. The server itself stores no
 mesh state.
 """
 
@@ -72,7 +72,7 @@ class AdminServer:
         """Serve the value `handler(request)` returns as JSON at `path` (aiohttp route syntax).
 
         Routes must be added before `start()`, because aiohttp freezes the router then. A handler
-        may raise `aiohttp.web.HTTPException` subclasses (HTTPNotFound, ...) to answer an error.
+        may raise `aiohttp.web.HTTPException` subclasses (HTTPNotFound, ...) to return an error status.
         """
 
         async def respond(request: web.Request) -> web.Response:

@@ -1,0 +1,210 @@
+"""`controlplane serve`: assemble the CA, the gRPC server and the admin server, and run them.
+
+`ControlPlane` owns the running parts. Components that other packages add (configuration
+sources, the ADS server) register with `control_plane.grpc` (`add_service`) and
+`control_plane.admin` (`add_json_route`, `add_readiness_check`) in `build_control_plane`,
+before `start()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from controlplane.admin import AdminServer
+from controlplane.api import ca_pb2_grpc
+from controlplane.identity.ca import CA_FILES, CertificateAuthority
+from controlplane.identity.join_token import JoinTokenIssuer, load_join_token_key
+from controlplane.identity.keys import DEFAULT_KEY_TYPE
+from controlplane.identity.pemfiles import certificate_to_pem
+from controlplane.log import get_logger
+from controlplane.model.types import DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN
+from controlplane.server.attestation import FirstCredentialAttestor, JoinTokenAttestor, PeerSvidAttestor
+from controlplane.server.ca_service import CertificateServicer
+from controlplane.server.grpc_server import DEFAULT_BOOTSTRAP_ADDRESS, DEFAULT_MTLS_ADDRESS, GrpcServer
+from controlplane.server.tls import (
+    ServingCredentials,
+    ServingMaterial,
+    control_plane_dns_names,
+    control_plane_spiffe_id,
+    keep_serving_certificate_fresh,
+)
+
+log = get_logger("server")
+
+DEFAULT_ADMIN_ADDRESS = "0.0.0.0:15014"
+# The control plane's own certificate is short-lived because it is renewed in memory.
+SERVING_CERTIFICATE_TTL = timedelta(hours=12)
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """Settings of `controlplane serve`; addresses are HOST:PORT, port 0 picks a free port."""
+
+    ca_dir: Path
+    trust_domain: str = DEFAULT_TRUST_DOMAIN
+    root_namespace: str = DEFAULT_ROOT_NAMESPACE
+    grpc_address: str = DEFAULT_MTLS_ADDRESS
+    bootstrap_address: str | None = DEFAULT_BOOTSTRAP_ADDRESS
+    admin_address: str = DEFAULT_ADMIN_ADDRESS
+    shutdown_grace_seconds: float = 5.0
+
+
+def load_or_create_ca(ca_dir: Path, *, trust_domain: str, now: datetime) -> tuple[CertificateAuthority, bool]:
+    """Load the CA in `ca_dir`, or create one for `trust_domain` if the directory has none.
+
+    Return the CA and whether it was created. A directory that holds a partial CA is an error
+    (from `CertificateAuthority.load`), never silently replaced.
+    """
+    if any((ca_dir / name).exists() for name in CA_FILES):
+        return CertificateAuthority.load(ca_dir, now=now), False
+    ca = CertificateAuthority.create(ca_dir, trust_domain=trust_domain, key_type=DEFAULT_KEY_TYPE, now=now)
+    return ca, True
+
+
+def serving_material_issuer(ca: CertificateAuthority, *, root_namespace: str) -> Callable[[datetime], ServingMaterial]:
+    """Return a function that issues a fresh serving certificate for the control plane at `now`."""
+    identity = control_plane_spiffe_id(ca.trust_domain, root_namespace)
+    dns_names = control_plane_dns_names(root_namespace)
+
+    def issue(now: datetime) -> ServingMaterial:
+        issued, key_pem = ca.issue(identity, ttl=SERVING_CERTIFICATE_TTL, now=now, dns_names=dns_names)
+        roots = "".join(certificate_to_pem(root) for root in ca.trust_bundle().roots)
+        return ServingMaterial(
+            chain_pem="".join(issued.cert_chain_pem).encode(),
+            key_pem=key_pem,
+            roots_pem=roots.encode(),
+            spiffe_id=issued.spiffe_id,
+            serial=issued.serial,
+            not_before=issued.not_before,
+            not_after=issued.not_after,
+        )
+
+    return issue
+
+
+class ControlPlane:
+    """The running control plane: gRPC server, admin server and background tasks."""
+
+    def __init__(
+        self,
+        *,
+        ca: CertificateAuthority,
+        grpc: GrpcServer,
+        admin: AdminServer,
+        credentials: ServingCredentials,
+        issue_serving_material: Callable[[datetime], ServingMaterial],
+        clock: Clock,
+        shutdown_grace_seconds: float,
+    ) -> None:
+        self.ca = ca
+        self.grpc = grpc
+        self.admin = admin
+        self.credentials = credentials
+        self._issue_serving_material = issue_serving_material
+        self._clock = clock
+        self._grace = shutdown_grace_seconds
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started = False
+
+    async def start(self) -> None:
+        await self.grpc.start()
+        self._tasks.append(
+            asyncio.create_task(
+                keep_serving_certificate_fresh(self.credentials, self._issue_serving_material, clock=self._clock),
+                name="serving-certificate-renewal",
+            )
+        )
+        await self.admin.start()
+        self._started = True
+
+    async def stop(self) -> None:
+        self._started = False
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.grpc.stop(self._grace)
+        await self.admin.stop()
+
+    def ready(self) -> bool | str:
+        """Report readiness of the CA and gRPC serving: started, and the serving certificate valid."""
+        if not self._started:
+            return "the gRPC server is not started"
+        if self._clock() >= self.credentials.material.not_after:
+            return "the serving certificate expired and renewal keeps failing"
+        return True
+
+
+def build_control_plane(options: ServeOptions, ca: CertificateAuthority, *, clock: Clock) -> ControlPlane:
+    """Wire the parts of the control plane together without starting anything."""
+    issue = serving_material_issuer(ca, root_namespace=options.root_namespace)
+    credentials = ServingCredentials(issue(clock()))
+    grpc_server = GrpcServer(
+        credentials,
+        mtls_address=options.grpc_address,
+        bootstrap_address=options.bootstrap_address,
+    )
+    admin_host, admin_port = split_address(options.admin_address)
+    admin = AdminServer(host=admin_host, port=admin_port)
+
+    join_tokens = JoinTokenIssuer(load_join_token_key(options.ca_dir), trust_domain=ca.trust_domain)
+    attestor = FirstCredentialAttestor([JoinTokenAttestor(join_tokens), PeerSvidAttestor(ca.trust_domain)])
+    grpc_server.add_service(
+        ca_pb2_grpc.add_CertificateServiceServicer_to_server,
+        CertificateServicer(ca, attestor, clock=clock),
+    )
+    # Configuration sources and the ADS server register here, on `grpc_server` and `admin`.
+
+    control_plane = ControlPlane(
+        ca=ca,
+        grpc=grpc_server,
+        admin=admin,
+        credentials=credentials,
+        issue_serving_material=issue,
+        clock=clock,
+        shutdown_grace_seconds=options.shutdown_grace_seconds,
+    )
+    admin.add_readiness_check("ca", control_plane.ready)
+    return control_plane
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """Split `HOST:PORT` (or `[IPV6]:PORT`) into host and port; raise ValueError otherwise."""
+    host, separator, port = address.rpartition(":")
+    if not separator or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"address {address!r} is not HOST:PORT with a port from 0 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+async def run(options: ServeOptions, ca: CertificateAuthority, *, clock: Clock, announce: Callable[[str], None]) -> None:
+    """Run the control plane until SIGTERM or SIGINT, then shut down gracefully.
+
+    `announce` receives one line with the bound addresses once everything listens.
+    """
+    control_plane = build_control_plane(options, ca, clock=clock)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await control_plane.start()
+        announce(
+            f"serving: grpc-mtls port {control_plane.grpc.mtls_port}, "
+            f"grpc-bootstrap port {control_plane.grpc.bootstrap_port}, admin port {control_plane.admin.port}"
+        )
+        await stop.wait()
+        log.info("server.shutdown.started")
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await control_plane.stop()
+    log.info("server.shutdown.complete")
