@@ -21,6 +21,7 @@ patch and delete. It falls short of a real API server where informers depend on 
 - `fieldSelector` on `metadata.name` and `metadata.namespace` (`=`, `==`, `!=`) for list and watch.
 - `list_gates`: a list of the named plural waits until its event is set, so a test can hold one
   informer before its first list.
+- `send_to_watches()` writes any event, such as one of an unknown type, to open watches.
 - `drop_watches()` ends every open watch, as a server does when it shuts down; `ApiServer` stops
   and restarts the HTTP listener on the same port while the emulator keeps its state.
 - CRD discovery comes from kmock itself: a group appears under `/apis/GROUP/VERSION` once its
@@ -47,6 +48,8 @@ import pytest
 import pytest_asyncio
 from kmock._internal import enums, rendering
 from kmock._internal.k8s import KubernetesError, KubernetesResourceNotFoundError
+
+from controlplane.sources.kubernetes import Change, KubernetesSource, WatchSettings
 
 T = TypeVar("T")
 
@@ -315,6 +318,13 @@ class ApiEmulator(kmock.KubernetesEmulator):
             watch.queue.put_nowait(self._gone_event(str(watch.position)))
             watch.queue.put_nowait(_CLOSE)
 
+    def send_to_watches(self, plural: str, event: dict[str, Any]) -> int:
+        """Send `event` as it is to every open watch of `plural`; return how many received it."""
+        watches = [watch for watch in self._watches if watch.resource.plural == plural]
+        for watch in watches:
+            watch.queue.put_nowait(event)
+        return len(watches)
+
     def drop_watches(self) -> None:
         """End every open watch without an event, as a server that shuts down does."""
         for watch in list(self._watches):
@@ -401,3 +411,57 @@ async def wait_until(predicate: Callable[[], bool], *, timeout: float = 10.0, wh
 
 async def within(awaitable: Awaitable[T], *, timeout: float = 10.0) -> T:
     return await asyncio.wait_for(awaitable, timeout)
+
+
+# Short server-side watch timeouts and retry pacing, so reconnects happen within a test.
+FAST_SETTINGS = WatchSettings(
+    watch_timeout_seconds=2,
+    connect_timeout_seconds=2.0,
+    read_margin_seconds=3.0,
+    request_timeout_seconds=12.0,
+    backoff_initial_seconds=0.05,
+    backoff_max_seconds=0.4,
+    crd_recheck_seconds=0.2,
+    join_timeout_seconds=5.0,
+)
+
+
+class ChangeLog:
+    """Every change a source reported, in order."""
+
+    def __init__(self) -> None:
+        self.changes: list[Change] = []
+
+    def __call__(self, change: Change) -> None:
+        self.changes.append(change)
+
+    def of(self, key: tuple[str, str, str]) -> list[str]:
+        """Return the change types seen for one object key."""
+        return [change.type for change in self.changes if change.key == key]
+
+
+@pytest.fixture()
+def change_log() -> ChangeLog:
+    return ChangeLog()
+
+
+@pytest_asyncio.fixture()
+async def make_source(
+    client_configuration: kubernetes.client.Configuration, change_log: ChangeLog
+) -> AsyncIterator[Callable[..., Awaitable[KubernetesSource]]]:
+    """Start sources against the emulator with `FAST_SETTINGS`; stop them all at teardown."""
+    sources: list[KubernetesSource] = []
+
+    async def start(**kwargs: Any) -> KubernetesSource:
+        kwargs.setdefault("settings", FAST_SETTINGS)
+        kwargs.setdefault("on_change", change_log)
+        source = KubernetesSource(client_configuration, **kwargs)
+        sources.append(source)
+        await source.start()
+        return source
+
+    try:
+        yield start
+    finally:
+        for source in sources:
+            await source.stop()
