@@ -61,6 +61,7 @@ class BootstrapParams:
     sds_socket: str
     admin_port: int
     labels: Mapping[str, str] = field(default_factory=dict)
+    admin_host: str = "127.0.0.1"
     ads_type: AdsType = "grpc"
     control_plane_sni: str = ""
 
@@ -176,7 +177,7 @@ def build_bootstrap(params: BootstrapParams) -> bootstrap_pb2.Bootstrap:
     return bootstrap_pb2.Bootstrap(
         node=base_pb2.Node(id=params.node_id, cluster=f"{params.workload}.{params.namespace}", metadata=node_metadata(params)),
         admin=bootstrap_pb2.Admin(
-            address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address="127.0.0.1", port_value=params.admin_port))
+            address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=params.admin_host, port_value=params.admin_port))
         ),
         static_resources=bootstrap_pb2.Bootstrap.StaticResources(clusters=[xds_cluster(params), sds_cluster(params.sds_socket)]),
         dynamic_resources=bootstrap_pb2.Bootstrap.DynamicResources(
