@@ -39,6 +39,14 @@ def type_name(value: Any) -> str:
     return type(value).__name__
 
 
+def not_a_string(value: Any) -> str:
+    """Message for a value that should be a string; numbers and booleans only need quotes."""
+    message = f"must be a string, not {type_name(value)} ({show(value)})"
+    if isinstance(value, (int, float)):
+        message += "; quote it in YAML"
+    return message
+
+
 def child(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
@@ -103,7 +111,7 @@ def as_list(value: Any, path: str, errors: ObjectErrors) -> list[Any] | None:
 def as_str(value: Any, path: str, errors: ObjectErrors) -> str | None:
     if isinstance(value, str):
         return value
-    errors.add(path, f"must be a string, not {type_name(value)} ({show(value)})", value)
+    errors.add(path, not_a_string(value), value)
     return None
 
 
@@ -148,11 +156,7 @@ def string_map(value: Any, path: str, errors: ObjectErrors) -> dict[str, str] | 
             errors.add(map_key(path, key), f"the key {show(key)} must be a string", key)
             ok = False
         elif not isinstance(entry, str):
-            errors.add(
-                map_key(path, key),
-                f"must be a string, not {type_name(entry)} ({show(entry)}); quote it in YAML",
-                entry,
-            )
+            errors.add(map_key(path, key), not_a_string(entry), entry)
             ok = False
         else:
             result[key] = entry

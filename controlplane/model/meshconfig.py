@@ -53,6 +53,19 @@ def parse_duration(text: str) -> float:
     return total
 
 
+def format_duration(seconds: float) -> str:
+    """Format seconds the way they are written in the settings: `48h`, `1h30m`, `500ms`."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    parts = []
+    hours, rest = divmod(seconds, 3600)
+    minutes, rest = divmod(rest, 60)
+    for amount, unit in ((hours, "h"), (minutes, "m"), (rest, "s")):
+        if amount:
+            parts.append(f"{amount:g}{unit}")
+    return "".join(parts)
+
+
 def _duration(value: Any) -> tuple[float | None, str]:
     try:
         seconds = parse_duration(value)
@@ -64,6 +77,8 @@ def _duration(value: Any) -> tuple[float | None, str]:
 def _trust_domain(value: Any) -> str | None:
     if not isinstance(value, str):
         return f"{show(value)} is not a trust domain; write a name such as example.org"
+    if value.startswith("spiffe://"):
+        return f"{show(value)} is a SPIFFE ID; write the trust domain alone, such as {value.removeprefix('spiffe://')}"
     try:
         validate_trust_domain(value)
     except SpiffeIdError as exc:
@@ -114,7 +129,17 @@ READERS: Mapping[str, tuple[str, Callable[[Any], tuple[Any, str]]]] = {
     "pushDebounce": ("push_debounce_seconds", _read_delay),
     "pushMaxDelay": ("push_max_delay_seconds", _read_delay),
 }
-KEYS = ("trustDomain", "trustDomainAliases", "rootNamespace", *READERS)
+KEYS = (
+    "trustDomain",
+    "trustDomainAliases",
+    "rootNamespace",
+    "defaultCertificateTTL",
+    "maxCertificateTTL",
+    "defaultMtlsMode",
+    "clusterDomain",
+    "pushDebounce",
+    "pushMaxDelay",
+)
 
 
 def parse_mesh_config(obj: Mapping[str, Any], *, base: MeshConfig) -> tuple[MeshConfig, list[ValidationError]]:
@@ -195,7 +220,8 @@ def _check_limits(config: MeshConfig, base: MeshConfig, path: str, errors: Objec
     if config.default_cert_ttl_seconds > config.max_cert_ttl_seconds:
         errors.add(
             child(path, "defaultCertificateTTL"),
-            f"{config.default_cert_ttl_seconds}s is longer than maxCertificateTTL ({config.max_cert_ttl_seconds}s)",
+            f"{format_duration(config.default_cert_ttl_seconds)} is longer than maxCertificateTTL "
+            f"({format_duration(config.max_cert_ttl_seconds)})",
             config.default_cert_ttl_seconds,
         )
         config = dataclasses.replace(
@@ -204,7 +230,8 @@ def _check_limits(config: MeshConfig, base: MeshConfig, path: str, errors: Objec
     if config.push_debounce_seconds > config.push_max_delay_seconds:
         errors.add(
             child(path, "pushDebounce"),
-            f"{config.push_debounce_seconds:g}s is longer than pushMaxDelay ({config.push_max_delay_seconds:g}s)",
+            f"{format_duration(config.push_debounce_seconds)} is longer than pushMaxDelay "
+            f"({format_duration(config.push_max_delay_seconds)})",
             config.push_debounce_seconds,
         )
         config = dataclasses.replace(
@@ -227,7 +254,17 @@ def mesh_config_from_objects(
     candidates = [cm for cm in configmaps if _name(cm) == CONFIGMAP_NAME]
     in_root = [cm for cm in candidates if _namespace(cm) == base.root_namespace]
     if in_root:
-        return parse_mesh_config(in_root[0], base=base)
+        config, errors = parse_mesh_config(in_root[0], base=base)
+        for _duplicate in in_root[1:]:
+            errors.append(
+                ValidationError(
+                    "is defined more than once; the first definition is used",
+                    kind="ConfigMap",
+                    namespace=base.root_namespace,
+                    name=CONFIGMAP_NAME,
+                )
+            )
+        return config, errors
     declared = [cm for cm in candidates if _declared_root(cm) == _namespace(cm)]
     if len(declared) == 1:
         return parse_mesh_config(declared[0], base=base)

@@ -41,12 +41,10 @@ MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
 TOP_LEVEL_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
 
 
-def check_api_version(obj: Mapping[str, Any], errors: ObjectErrors) -> bool:
+def check_api_version(obj: Mapping[str, Any], errors: ObjectErrors) -> None:
     api_version = obj.get("apiVersion")
-    if api_version in API_VERSIONS:
-        return True
-    errors.add("apiVersion", f"{show(api_version)} is not supported; use one of {', '.join(API_VERSIONS)}", api_version)
-    return False
+    if api_version not in API_VERSIONS:
+        errors.add("apiVersion", f"{show(api_version)} is not supported; use one of {', '.join(API_VERSIONS)}", api_version)
 
 
 def _read_spec(obj: Mapping[str, Any], errors: ObjectErrors) -> Mapping[str, Any]:
@@ -97,8 +95,10 @@ def parse_authorization_policy(
     """Parse one AuthorizationPolicy; None only when it cannot be identified."""
     errors = ObjectErrors("AuthorizationPolicy")
     meta = read_metadata(obj, errors)
-    if meta is None or not check_api_version(obj, errors):
+    if meta is None:
         return None, errors.errors
+    # An unknown version of a policy group still fails closed rather than being skipped.
+    check_api_version(obj, errors)
     spec = _read_spec(obj, errors)
     check_fields(spec, ("selector", "targetRef", "targetRefs", "action", "provider", "rules"), "spec", errors)
 
@@ -162,8 +162,10 @@ def parse_peer_authentication(
     """Parse one PeerAuthentication; None only when it cannot be identified."""
     errors = ObjectErrors("PeerAuthentication")
     meta = read_metadata(obj, errors)
-    if meta is None or not check_api_version(obj, errors):
+    if meta is None:
         return None, errors.errors
+    # An unknown version of a policy group still fails closed rather than being skipped.
+    check_api_version(obj, errors)
     spec = _read_spec(obj, errors)
     check_fields(spec, ("selector", "mtls", "portLevelMtls"), "spec", errors)
 

@@ -20,8 +20,8 @@ from controlplane.model.fields import (
     check_fields,
     child,
     item,
+    not_a_string,
     show,
-    type_name,
 )
 from controlplane.model.types import Condition, Operation, Rule, Source
 
@@ -151,9 +151,7 @@ def read_values(value: Any, path: str, errors: ObjectErrors, check: Check) -> tu
     for index, entry in enumerate(values):
         entry_path = item(path, index)
         if not isinstance(entry, str):
-            errors.add(
-                entry_path, f"must be a string, not {type_name(entry)} ({show(entry)}); quote it in YAML", entry
-            )
+            errors.add(entry_path, not_a_string(entry), entry)
         elif entry == "":
             errors.add(entry_path, "is an empty string; remove it or write a value", entry)
         elif problem := check(entry):
@@ -226,21 +224,21 @@ def _read_entries(
 def _read_source(source: Mapping[str, Any], path: str, errors: ObjectErrors) -> Source:
     check_fields(source, (*SOURCE_CHECKS, *SOURCE_UNSUPPORTED), path, errors)
     values: dict[str, tuple[str, ...]] = {}
-    for name, reason in SOURCE_UNSUPPORTED.items():
-        if name in source:
-            errors.add(child(path, name), reason, source[name])
-    for name, check in SOURCE_CHECKS.items():
-        if name in source:
-            values[snake_case(name)] = read_values(source[name], child(path, name), errors, check)
+    # Fields are read in the order written, so errors follow the document.
+    for name, value in source.items():
+        if name in SOURCE_UNSUPPORTED:
+            errors.add(child(path, name), SOURCE_UNSUPPORTED[name], value)
+        elif name in SOURCE_CHECKS:
+            values[snake_case(name)] = read_values(value, child(path, name), errors, SOURCE_CHECKS[name])
     return Source(**values)
 
 
 def _read_operation(operation: Mapping[str, Any], path: str, errors: ObjectErrors) -> Operation:
     check_fields(operation, OPERATION_CHECKS, path, errors)
     values: dict[str, tuple[str, ...]] = {}
-    for name, check in OPERATION_CHECKS.items():
-        if name in operation:
-            values[snake_case(name)] = read_values(operation[name], child(path, name), errors, check)
+    for name, value in operation.items():
+        if name in OPERATION_CHECKS:
+            values[snake_case(name)] = read_values(value, child(path, name), errors, OPERATION_CHECKS[name])
     return Operation(**values)
 
 

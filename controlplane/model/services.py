@@ -105,8 +105,10 @@ def _service_port(value: Any, path: str, errors: ObjectErrors, *, named: bool) -
     app_protocol = port.get("appProtocol", "")
     if as_str(app_protocol, child(path, "appProtocol"), errors) is None:
         app_protocol = ""
+    if number is None:
+        return None
     target = _target_port(port.get("targetPort", number), child(path, "targetPort"), errors)
-    if number is None or target is None:
+    if target is None:
         return None
     return ServicePort(
         port=number,
