@@ -38,13 +38,13 @@ _HTTP_FIELDS = {
     "response_code": "%RESPONSE_CODE%",
     "response_code_details": "%RESPONSE_CODE_DETAILS%",
     "request_id": "%REQ(X-REQUEST-ID)%",
-    "rbac_shadow": "%DYNAMIC_METADATA(envoy.filters.http.rbac)%",
+    "rbac": "%DYNAMIC_METADATA(envoy.filters.http.rbac)%",
 }
 
 _TCP_FIELDS = {
     **_COMMON_FIELDS,
     "connection_termination_details": "%CONNECTION_TERMINATION_DETAILS%",
-    "rbac_shadow": "%DYNAMIC_METADATA(envoy.filters.network.rbac)%",
+    "rbac": "%DYNAMIC_METADATA(envoy.filters.network.rbac)%",
 }
 
 
