@@ -64,7 +64,8 @@ def _b64encode(data: bytes) -> str:
 
 
 def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    # validate=True rejects characters outside the alphabet instead of skipping them.
+    return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
 
 
 def _rejected(message: str, reason: str, token_id: str | None = None, spiffe_id: str | None = None) -> AttestationError:
@@ -83,6 +84,11 @@ class JoinTokenIssuer:
         # Token ID -> expiry (Unix seconds) of every redeemed token that has not expired yet.
         self._used: dict[str, int] = {}
         self._lock = threading.Lock()
+
+    @property
+    def used_token_count(self) -> int:
+        """Number of redeemed tokens remembered until they expire."""
+        return len(self._used)
 
     def _mac(self, signed_part: str) -> bytes:
         return hmac.new(self._key, signed_part.encode("ascii"), hashlib.sha256).digest()
