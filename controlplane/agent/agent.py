@@ -125,6 +125,9 @@ class Agent:
         self.health = HealthServer(config.health_address, self.status)
         self.envoy: EnvoySupervisor | None = None
         self.svid: Svid | None = None
+        # When the current SVID arrived. The CA backdates NotBefore for clock skew, so counting
+        # the lifetime from NotBefore would make short-lived certificates due at once.
+        self.received_at: datetime | None = None
         self.renewals = 0
         self._version = 0
         # Wakes the rotation loop: to renew when `_force_renewal` is set, else to reschedule.
@@ -174,6 +177,7 @@ class Agent:
     def _install(self, svid: Svid) -> None:
         previous = self.svid
         self.svid = svid
+        self.received_at = self._clock()
         self._version += 1
         bundle = svid.bundle_pem()
         self.ca.trust_bundle(bundle)
@@ -208,7 +212,8 @@ class Agent:
         while True:
             assert self.svid is not None
             if attempt == 0:
-                renew_at = next_renewal(self.svid.not_before, self.svid.not_after,
+                start = max(self.svid.not_before, self.received_at or self.svid.not_before)
+                renew_at = next_renewal(start, self.svid.not_after,
                                         jitter=self.config.renewal_jitter, rng=self._rng)
                 delay = renewal_delay(renew_at, self._clock())
             else:
