@@ -149,6 +149,12 @@ class Informer:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
+        try:
+            self._follow()
+        finally:
+            log.debug("kubernetes.informer.stopped", resource=self.kind.path)
+
+    def _follow(self) -> None:
         attempt = 0
         while not self._stopping.is_set():
             try:
@@ -173,7 +179,6 @@ class Informer:
                 self._stopping.wait(delay)
             except _Stopped:
                 return
-        log.debug("kubernetes.informer.stopped", resource=self.kind.path)
 
     def _recovered(self) -> None:
         if self._unreachable_logged:

@@ -89,6 +89,11 @@ class KubernetesSource:
     def kinds(self) -> tuple[ResourceKind, ...]:
         return self._kinds
 
+    @property
+    def unlisted(self) -> tuple[str, ...]:
+        """The collection paths that have not listed yet, which is what `ready` waits for."""
+        return tuple(sorted(kind.path for kind in self._pending))
+
     def objects(self) -> list[dict[str, Any]]:
         """Return a copy of every stored object."""
         return [copy.deepcopy(dict(obj)) for obj in self._store.values()]

@@ -13,7 +13,8 @@ patch and delete. It falls short of a real API server where informers depend on 
   every current object, as a real server does.
 - 410 Gone: `expire_watches()` compacts the history up to the current version and ends every
   open watch with an ERROR event of code 410 ("Expired"). A later watch from an older version
-  gets the same ERROR event, or an HTTP 410 Status if `gone_as_http_status` is set.
+  gets the same ERROR event. With `gone_as_http_status` set, open watches end without an event
+  and a later watch from an older version gets an HTTP 410 Status instead.
 - `hold_watch_events`: while set, changes are stored and recorded in the history but not sent to
   open watches, which stands in for a watch connection that silently broke.
 - `timeoutSeconds` ends a watch; with `allowWatchBookmarks=true` a BOOKMARK event carrying the
@@ -147,6 +148,10 @@ class ApiEmulator(kmock.KubernetesEmulator):
     gone_as_http_status: bool = False
     hold_watch_events: bool = False
     list_gates: dict[str, asyncio.Event] = attrs.field(factory=dict)
+    # How many lists of each plural the emulator has answered.
+    list_counts: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    # How many watches were refused because they started from a compacted resourceVersion.
+    refused_watches: int = 0
     _revision: int = attrs.field(default=1, init=False)
     _compacted: int = attrs.field(default=0, init=False)
     _history: list[tuple[int, Any, dict[str, Any]]] = attrs.field(factory=list, init=False)
@@ -238,6 +243,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
         async with self._write_lock:
             items = self._select(request)
             revision = self._revision
+        self.list_counts[request.resource.plural] += 1
         return {"kind": "List", "apiVersion": "v1", "metadata": {"resourceVersion": str(revision)}, "items": items}
 
     def _gone_event(self, since: str) -> dict[str, Any]:
@@ -263,6 +269,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
 
         async with self._write_lock:
             if since not in ("", "0") and int(since) < self._compacted:
+                self.refused_watches += 1
                 if self.gone_as_http_status:
                     raise KubernetesError(status=410, reason="Expired", message=f"too old resource version: {since}")
                 gone = self._gone_event(since)
@@ -311,12 +318,20 @@ class ApiEmulator(kmock.KubernetesEmulator):
             yield event
 
     def expire_watches(self) -> None:
-        """Compact the history and end every open watch with a 410 ERROR event."""
+        """Compact the history and end every open watch.
+
+        Each watch gets a 410 ERROR event first, unless `gone_as_http_status` is set: then the
+        stream just ends, and the client learns of the expiry from the HTTP 410 of its next watch.
+        """
         self._compacted = self._revision
         self._history.clear()
         for watch in list(self._watches):
-            watch.queue.put_nowait(self._gone_event(str(watch.position)))
+            if not self.gone_as_http_status:
+                watch.queue.put_nowait(self._gone_event(str(watch.position)))
             watch.queue.put_nowait(_CLOSE)
+
+    def is_watching(self, plural: str) -> bool:
+        return any(watch.resource.plural == plural for watch in self._watches)
 
     def send_to_watches(self, plural: str, event: dict[str, Any]) -> int:
         """Send `event` as it is to every open watch of `plural`; return how many received it."""
