@@ -1,7 +1,7 @@
 """Trust bundles: the root certificates that verify X.509-SVIDs of one trust domain.
 
-A bundle normally holds one root. During a root rotation it holds two (the current root and
-the next one), so that certificates chaining to either verify while workloads move over.
+A bundle normally contains one root. During a root rotation it contains two (the current root
+and the next one), so that certificates chaining to either verify while workloads move over.
 
 `to_spiffe_bundle_json` renders the SPIFFE bundle format (SPIFFE Trust Domain and Bundle
 specification, section 4, and X.509-SVID specification, section 6.1): a JWK Set whose `keys`
@@ -104,7 +104,7 @@ class TrustBundle:
                 roots.append(x509.load_der_x509_certificate(base64.b64decode(entry["x5c"][0])))
             except ValueError as exc:
                 raise BundleError(
-                    f"an x509-svid entry of the bundle for {trust_domain!r} holds no valid certificate: {exc}",
+                    f"an x509-svid entry of the bundle for {trust_domain!r} contains no valid certificate: {exc}",
                     trust_domain=trust_domain,
                 ) from exc
         return cls(trust_domain=trust_domain, roots=tuple(roots), sequence=int(document.get("spiffe_sequence", 0)))
@@ -143,8 +143,8 @@ class TrustBundle:
             .store(verification.Store(list(self.roots)))
             .time(now)
             .max_chain_depth(MAX_CHAIN_DEPTH)
-            # The SVID profile above already checked the leaf's extensions; the Web PKI
-            # defaults would also demand a DNS or IP SAN, which an SVID need not have.
+            # validate_svid above already checked the leaf's extensions. The Web PKI defaults
+            # would also require a DNS or IP SAN, which an SVID need not have.
             .extension_policies(
                 ca_policy=verification.ExtensionPolicy.webpki_defaults_ca(),
                 ee_policy=verification.ExtensionPolicy.permit_all(),

@@ -1,6 +1,6 @@
 """The mesh certificate authority: creates or loads CA material and signs X.509-SVIDs.
 
-A CA directory holds:
+A CA directory contains:
 
 | file | content |
 | --- | --- |
@@ -136,7 +136,7 @@ class CertificateAuthority:
     ) -> CertificateAuthority:
         """Create a new root (and optionally an intermediate) in `ca_dir` and return the CA.
 
-        Raise `CAError` if `ca_dir` already holds any CA file: an existing CA is never replaced.
+        Raise `CAError` if `ca_dir` already contains any CA file, so an existing CA is never replaced.
         """
         validate_trust_domain(trust_domain)
         if not timedelta(0) < default_ttl <= max_ttl:

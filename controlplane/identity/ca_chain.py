@@ -70,9 +70,9 @@ def check_signing_chain(
 ) -> tuple[x509.Certificate, ...]:
     """Check the signing key, certificate and chain; return the chain ending at its root.
 
-    The key must match `signing_cert`, `chain` must start with `signing_cert`, every certificate
-    must be signed by the next one and every issuer must be a CA, and the chain must end at
-    one of `roots` (the root may be included in `chain` or left out).
+    The key must match `signing_cert`, and `chain` must start with `signing_cert`. Every
+    certificate must be signed by the next one, and every issuer must be a CA. The chain must
+    end at one of `roots`, which `chain` may include or leave out.
     """
     if public_key_der(signing_key.public_key()) != public_key_der(signing_cert.public_key()):  # type: ignore[arg-type]
         raise CAError(

@@ -2,8 +2,8 @@
 
 The CA takes only the public key from a CSR. The CSR's subject, DNS and IP SANs and requested
 extensions are ignored, because the leaf is built from the attested identity alone. A URI SAN
-is the one thing checked against that identity: a CSR that asks for another SPIFFE ID shows
-a confused or hostile client, and signing it anyway would hide the problem.
+is the one thing checked against that identity. A CSR that requests another SPIFFE ID comes
+from a confused or hostile client, and signing it anyway would hide the problem.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A token is `idmesh-jt1.<payload>.<mac>`, where `payload` is base64url JSON
 `{"jti": <128-bit hex ID>, "sub": <SPIFFE ID>, "exp": <Unix seconds>}` and `mac` is the
 base64url HMAC-SHA256 of `idmesh-jt1.<payload>` under a key kept in the CA directory
-(`join-token.key`, mode 0600). Only the control plane holds the key, so only it mints tokens.
+(`join-token.key`, mode 0600). Only the control plane has the key, so only it can mint tokens.
 
 Known limit: used token IDs are remembered in memory until their expiry. A restarted control
 plane forgets them, so a token used just before a restart can be redeemed once more within
@@ -55,7 +55,7 @@ def load_join_token_key(ca_dir: Path, *, create: bool = True) -> bytes:
         return create_join_token_key(ca_dir)
     key = read_secret_file(path)
     if len(key) < KEY_BYTES:
-        raise ConfigError(f"{path} holds {len(key)} bytes; a join token key needs at least {KEY_BYTES}", path=str(path))
+        raise ConfigError(f"{path} contains {len(key)} bytes, but a join token key needs at least {KEY_BYTES}", path=str(path))
     return key
 
 

@@ -1,8 +1,8 @@
 """Private key generation and the public key rules every certificate and CSR must meet.
 
-The mesh accepts ECDSA on P-256 or P-384 and RSA from 2048 to 8192 bits. These are the key
-types that Envoy's BoringSSL and every common TLS stack verify; other curves (P-521,
-secp256k1) and Ed25519 fail in some of them, and RSA below 2048 bits is considered breakable.
+The mesh accepts ECDSA on P-256 or P-384 and RSA from 2048 to 8192 bits, a set that every common
+TLS stack verifies. secp256k1 is not a TLS curve, P-521 and Ed25519 certificates are not
+supported everywhere, and NIST SP 800-131A disallows RSA below 2048 bits.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Reading and writing the PEM and key files of a CA directory.
 
-Secret files (private keys, the join token key) are created with mode 0600 from the first byte:
-the data goes to a temporary file opened with `O_CREAT | O_EXCL` and mode 0600 in the same
-directory, is flushed to disk, and is then linked to its final name. A reader therefore sees
-either no file or the whole file, and never a moment where the key is readable by others.
+Secret files (private keys, the join token key) have mode 0600 from their first byte. The data
+goes to a temporary file in the same directory, opened with `O_CREAT | O_EXCL` and mode 0600.
+That file is flushed to disk and then hard-linked to its final name. A reader therefore sees
+either no file or the whole file, and the key is never readable by others.
 """
 
 from __future__ import annotations

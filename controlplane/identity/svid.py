@@ -5,7 +5,7 @@ profile on top of it:
 
 - exactly one URI SAN, which is a valid SPIFFE ID with a non-root path (other SAN types such
   as DNS names are allowed);
-- basic constraints are present and say `CA=false`;
+- basic constraints are present with `CA=false`;
 - key usage is present, critical, has digitalSignature, has keyEncipherment for an RSA key
   (TLS 1.2 RSA key exchange needs it), and has neither keyCertSign nor cRLSign;
 - extended key usage contains both serverAuth and clientAuth, because every sidecar is both
@@ -128,9 +128,9 @@ def _check_subject(certificate: x509.Certificate) -> None:
 def _check_basic_constraints(certificate: x509.Certificate) -> None:
     constraints = _extension(certificate, x509.BasicConstraints)
     if constraints is None:
-        raise _defect(certificate, "no-basic-constraints", "it has no basic constraints extension; a leaf SVID must say CA=false")
+        raise _defect(certificate, "no-basic-constraints", "it has no basic constraints extension; a leaf SVID must set CA=false")
     if constraints.value.ca:
-        raise _defect(certificate, "leaf-is-ca", "basic constraints say CA=true; a leaf SVID must have CA=false")
+        raise _defect(certificate, "leaf-is-ca", "basic constraints set CA=true; a leaf SVID must have CA=false")
 
 
 def _check_key_usage(certificate: x509.Certificate) -> None:

@@ -14,6 +14,7 @@ from spiffe import X509Svid
 from controlplane.identity.ca import CertificateAuthority
 from controlplane.identity.keys import KEY_TYPES
 from controlplane.identity.spiffe_id import SpiffeId
+from controlplane.identity.svid import validate_svid
 
 LEDGER = SpiffeId.parse("spiffe://example.org/ns/payments/sa/ledger")
 OPENSSL = shutil.which("openssl")
@@ -81,3 +82,22 @@ def test_issued_svid_parses_with_spiffe_package(tmp_path: Path, key_type: str, i
     assert str(svid.spiffe_id) == str(LEDGER)
     assert svid.leaf == issued.certificate
     assert len(svid.cert_chain) == (2 if intermediate else 1)
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="the openssl CLI is not installed")
+def test_serving_svid_dns_names_match_openssl_hostname_check(tmp_path: Path) -> None:
+    now = datetime.now(timezone.utc)
+    ca = CertificateAuthority.create(tmp_path / "ca", trust_domain="example.org", now=now)
+    identity = SpiffeId.parse("spiffe://example.org/ns/idmesh-system/sa/controlplane")
+    issued, _key = ca.issue(identity, ttl=timedelta(hours=1), now=now, dns_names=["idmesh.idmesh-system.svc"])
+    leaf = tmp_path / "leaf.pem"
+    leaf.write_text(issued.leaf_pem)
+    root = str(tmp_path / "ca" / "root-cert.pem")
+
+    def verify_hostname(hostname: str) -> subprocess.CompletedProcess:
+        command = [OPENSSL, "verify", "-verify_hostname", hostname, "-CAfile", root, str(leaf)]
+        return subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+
+    assert verify_hostname("idmesh.idmesh-system.svc").returncode == 0
+    assert verify_hostname("other.idmesh-system.svc").returncode != 0
+    assert str(validate_svid(issued.certificate, trust_domain="example.org")) == str(identity)
