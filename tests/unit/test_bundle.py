@@ -135,7 +135,7 @@ def test_expired_leaf_fails(current: CertificateAuthority) -> None:
     assert caught.value.defect == "path-validation"
 
 
-def test_leaf_of_other_trust_domain_fails_even_if_signed(current: CertificateAuthority, tmp_path: Path) -> None:
+def test_signed_leaf_of_other_trust_domain_fails(current: CertificateAuthority, tmp_path: Path) -> None:
     # Build by hand what the CA would never issue: a leaf for another trust domain under this root.
     ca_dir = tmp_path / "current"
     key = generate_private_key()

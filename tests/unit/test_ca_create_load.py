@@ -78,7 +78,9 @@ def test_root_is_svid_signing_certificate_for_trust_domain(tmp_path: Path) -> No
     root = ca.roots[0]
     usage = root.extensions.get_extension_for_class(x509.KeyUsage)
     san = root.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert usage.critical and usage.value.key_cert_sign and not usage.value.digital_signature
+    assert usage.critical
+    assert usage.value.key_cert_sign
+    assert not usage.value.digital_signature
     assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["spiffe://example.org"]
     assert root.not_valid_before_utc == NOW - timedelta(seconds=60)
     assert root.not_valid_after_utc == NOW + timedelta(days=3650)
@@ -275,7 +277,7 @@ def test_plugin_chain_must_start_with_signing_certificate(plugin_dir: Path) -> N
         CertificateAuthority.load(plugin_dir)
 
 
-def test_plugin_signing_cert_that_is_not_ca_is_rejected(plugin_dir: Path, tmp_path: Path) -> None:
+def test_plugin_non_ca_signing_cert_rejected(plugin_dir: Path) -> None:
     root_key = ec.generate_private_key(ec.SECP384R1())
     root = ca_certificate(root_key, subject="Corp Root", issuer=None, issuer_key=None)
     leaf_key = ec.generate_private_key(ec.SECP256R1())

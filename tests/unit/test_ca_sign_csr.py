@@ -225,7 +225,7 @@ def test_leaf_key_identifiers_link_to_issuer(ca: CertificateAuthority) -> None:
     assert leaf_ski.digest == x509.SubjectKeyIdentifier.from_public_key(issued.certificate.public_key()).digest
 
 
-def test_rsa_leaf_has_key_encipherment_ec_leaf_does_not(ca: CertificateAuthority) -> None:
+def test_key_encipherment_only_for_rsa_leaf(ca: CertificateAuthority) -> None:
     rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
     rsa_leaf = ca.sign_csr(make_csr(rsa_key), identity=LEDGER, ttl=None, now=NOW).certificate
@@ -233,8 +233,10 @@ def test_rsa_leaf_has_key_encipherment_ec_leaf_does_not(ca: CertificateAuthority
 
     rsa_usage = rsa_leaf.extensions.get_extension_for_class(x509.KeyUsage).value
     ec_usage = ec_leaf.extensions.get_extension_for_class(x509.KeyUsage).value
-    assert rsa_usage.digital_signature and rsa_usage.key_encipherment
-    assert ec_usage.digital_signature and not ec_usage.key_encipherment
+    assert rsa_usage.digital_signature
+    assert rsa_usage.key_encipherment
+    assert ec_usage.digital_signature
+    assert not ec_usage.key_encipherment
 
 
 def test_chain_pem_lists_leaf_then_intermediate(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The X.509-SVID profile: each fixture certificate breaks exactly the rule its file name says."""
+"""The X.509-SVID profile: each fixture certificate breaks exactly the rule in its file name."""
 
 from __future__ import annotations
 
