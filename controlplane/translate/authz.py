@@ -55,7 +55,7 @@ def _problems(result: rbac.RbacTranslation) -> list[Exception]:
     for note in result.notes:
         problems.append(
             TranslationError(
-                note.message,
+                f"AuthorizationPolicy {note.namespace}/{note.policy}: spec.rules[{note.rule}]: {note.message}",
                 namespace=note.namespace,
                 name=note.policy,
                 rule=note.rule,

@@ -32,7 +32,8 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 RE2_AVAILABLE = _re2 is not None
 # Envoy rejects a regex whose RE2 program is larger than the runtime value
-# `re2.max_program_size.error_level`, 100 unless an operator raises it.
+# `re2.max_program_size.error_level`, 100 unless an operator raises it (checked against
+# Envoy 1.40 by tests/integration/test_envoy_validate.py).
 ENVOY_MAX_PROGRAM_SIZE = 100
 
 _REGEX_MATCHER = "envoy.type.matcher.v3.RegexMatcher"
