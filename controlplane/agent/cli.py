@@ -60,6 +60,7 @@ def parse_labels(text: str) -> dict[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mesh-agent",
+        allow_abbrev=False,
         description="Pod-side agent: gets the workload's SVID, serves it to Envoy over SDS, renews it and runs Envoy.",
     )
     add = p.add_argument
