@@ -24,8 +24,12 @@ from controlplane.identity.keys import DEFAULT_KEY_TYPE, KEY_TYPES
 from controlplane.identity.pemfiles import PUBLIC_FILE_MODE, certificate_to_pem, write_file, write_secret_file
 from controlplane.identity.spiffe_id import SpiffeId, validate_trust_domain
 from controlplane.model.types import DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN
-from controlplane.server.grpc_server import DEFAULT_BOOTSTRAP_ADDRESS, DEFAULT_MTLS_ADDRESS
-from controlplane.server.serve import DEFAULT_ADMIN_ADDRESS, ServeOptions, load_or_create_ca, run, split_address
+from controlplane.server.addresses import (
+    DEFAULT_ADMIN_ADDRESS,
+    DEFAULT_BOOTSTRAP_ADDRESS,
+    DEFAULT_MTLS_ADDRESS,
+    split_address,
+)
 
 PROGRAM = "controlplane"
 EXIT_FAILURE = 1
@@ -179,6 +183,9 @@ def command_token_create(args: argparse.Namespace) -> int:
 
 
 def command_serve(args: argparse.Namespace) -> int:
+    # Imported here so that the one-shot commands start without loading grpc and aiohttp.
+    from controlplane.server.serve import ServeOptions, load_or_create_ca, run
+
     logging_setup.configure(level=args.log_level, json=args.log_format == "json")
     options = ServeOptions(
         ca_dir=args.ca_dir,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -104,7 +105,14 @@ class AdminServer:
     async def start(self) -> None:
         self._runner = web.AppRunner(self._app, access_log=None)
         await self._runner.setup()
-        await web.TCPSite(self._runner, self._host, self._requested_port).start()
+        try:
+            await web.TCPSite(self._runner, self._host, self._requested_port).start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            self._runner = None
+            address = f"{self._host}:{self._requested_port}"
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError(f"cannot listen on {address}: {reason}", address=address) from exc
         log.info("admin.server.started", address=self.address)
 
     async def stop(self) -> None:

@@ -1,6 +1,5 @@
-"""The control plane's gRPC server (TLS, the CA service) and the `serve` command behind it."""
+"""The control plane's gRPC server (TLS, the CA service) and the `serve` command behind it.
 
-from controlplane.server.grpc_server import GrpcServer
-from controlplane.server.tls import ServingCredentials, ServingMaterial, peer_spiffe_id
-
-__all__ = ["GrpcServer", "ServingCredentials", "ServingMaterial", "peer_spiffe_id"]
+Import from the modules: `grpc_server.GrpcServer`, `tls.peer_spiffe_id`, `serve.run`. This
+package module stays empty so that the CLI can read `addresses` without loading grpc.
+"""

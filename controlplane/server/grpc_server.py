@@ -20,12 +20,11 @@ import grpc
 
 from controlplane.errors import ConfigError
 from controlplane.log import get_logger
+from controlplane.server.addresses import DEFAULT_BOOTSTRAP_ADDRESS, DEFAULT_MTLS_ADDRESS
 from controlplane.server.tls import ServingCredentials
 
 log = get_logger("server")
 
-DEFAULT_MTLS_ADDRESS = "0.0.0.0:15012"
-DEFAULT_BOOTSTRAP_ADDRESS = "0.0.0.0:15013"
 
 # grpc's generated `add_<Service>Servicer_to_server(servicer, server)` functions have this shape.
 AddServicer = Callable[[Any, grpc.aio.Server], None]
@@ -56,7 +55,9 @@ class GrpcServer:
         self._services.append((add_servicer, servicer))
 
     async def start(self) -> None:
-        server = grpc.aio.server()
+        # grpc enables SO_REUSEPORT by default, which would let a second control plane share the
+        # port silently; without it, a port in use fails the start.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         for add_servicer, servicer in self._services:
             add_servicer(servicer, server)
         self.mtls_port = self._bind(

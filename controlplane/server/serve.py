@@ -25,7 +25,13 @@ from controlplane.log import get_logger
 from controlplane.model.types import DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN
 from controlplane.server.attestation import FirstCredentialAttestor, JoinTokenAttestor, PeerSvidAttestor
 from controlplane.server.ca_service import CertificateServicer
-from controlplane.server.grpc_server import DEFAULT_BOOTSTRAP_ADDRESS, DEFAULT_MTLS_ADDRESS, GrpcServer
+from controlplane.server.addresses import (
+    DEFAULT_ADMIN_ADDRESS,
+    DEFAULT_BOOTSTRAP_ADDRESS,
+    DEFAULT_MTLS_ADDRESS,
+    split_address,
+)
+from controlplane.server.grpc_server import GrpcServer
 from controlplane.server.tls import (
     ServingCredentials,
     ServingMaterial,
@@ -36,7 +42,6 @@ from controlplane.server.tls import (
 
 log = get_logger("server")
 
-DEFAULT_ADMIN_ADDRESS = "0.0.0.0:15014"
 # The control plane's own certificate is short-lived because it is renewed in memory.
 SERVING_CERTIFICATE_TTL = timedelta(hours=12)
 
@@ -173,16 +178,6 @@ def build_control_plane(options: ServeOptions, ca: CertificateAuthority, *, cloc
     )
     admin.add_readiness_check("ca", control_plane.ready)
     return control_plane
-
-
-def split_address(address: str) -> tuple[str, int]:
-    """Split `HOST:PORT` (or `[IPV6]:PORT`) into host and port; raise ValueError otherwise."""
-    host, separator, port = address.rpartition(":")
-    if not separator or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"address {address!r} is not HOST:PORT with a port from 0 to 65535")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
 
 
 async def run(options: ServeOptions, ca: CertificateAuthority, *, clock: Clock, announce: Callable[[str], None]) -> None:
