@@ -153,13 +153,11 @@ def _fail_closed(policy: AuthorizationPolicy, cause: TranslationError) -> Transl
         if policy.dry_run
         else "the policy fails closed: every request to the workloads it selects is denied"
     )
-    return TranslationError(
-        f"{cause}; {effect}",
-        namespace=policy.namespace,
-        name=policy.name,
-        reason=str(cause),
-        rbac_policy=fail_closed_policy_name(policy.namespace, policy.name),
-    )
+    fields = {**cause.fields(), "namespace": policy.namespace, "name": policy.name}
+    fields.update(reason=str(cause), rbac_policy=fail_closed_policy_name(policy.namespace, policy.name))
+    error = TranslationError(f"{cause}; {effect}", **fields)
+    error.__cause__ = cause
+    return error
 
 
 def _plan(policies: tuple[AuthorizationPolicy, ...] | list, *, for_tcp: bool, config: MeshConfig) -> _Plan:
