@@ -57,7 +57,19 @@ def translate(state: MeshState, proxy: Proxy, options: TranslateOptions = DEFAUL
         LISTENER: _sorted_messages(listeners),
         ROUTE: _sorted_messages(routes),
     }
-    return ProxyConfig(resources=MappingProxyType(resources), problems=tuple(problems))
+    return ProxyConfig(resources=MappingProxyType(resources), problems=_without_repeats(problems))
+
+
+def _without_repeats(problems: list[Exception]) -> tuple[Exception, ...]:
+    """Drop problems already reported, such as one policy note repeated for each TCP port."""
+    seen: set[tuple[type, str]] = set()
+    kept = []
+    for problem in problems:
+        key = (type(problem), str(problem))
+        if key not in seen:
+            seen.add(key)
+            kept.append(problem)
+    return tuple(kept)
 
 
 def _drop_bad_regexes(items: dict[str, Built], kind: str) -> tuple[dict[str, Built], list[TranslationError]]:

@@ -106,7 +106,7 @@ def small_mesh(*, extra_policies: tuple[AuthorizationPolicy, ...] = ()) -> MeshS
         ),
         AuthorizationPolicy(
             "payments", "ledger-deny-admin", action="DENY", selector={"app": "ledger"},
-            rules=(Rule(operations=(Operation(paths=("/admin", "/admin/*")),)),),
+            rules=(Rule(operations=(Operation(ports=("8080",), paths=("/admin", "/admin/*")),)),),
         ),
         *extra_policies,
     )
