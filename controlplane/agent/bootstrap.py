@@ -195,4 +195,4 @@ def build_bootstrap(params: BootstrapParams) -> bootstrap_pb2.Bootstrap:
 
 def bootstrap_json(message: bootstrap_pb2.Bootstrap) -> str:
     """Serialize a bootstrap as the JSON that `envoy -c FILE` reads."""
-    return json.dumps(json_format.MessageToDict(message), indent=2, sort_keys=True) + "\n"
+    return json.dumps(json_format.MessageToDict(message, preserving_proto_field_name=True), indent=2, sort_keys=True) + "\n"
