@@ -89,7 +89,7 @@ def _read_root(path: Path) -> bytes:
     except OSError as exc:
         raise AgentError(f"cannot read the CA root file {str(path)!r}: {exc.strerror}", path=str(path)) from exc
     if b"-----BEGIN CERTIFICATE-----" not in data:
-        raise AgentError(f"the CA root file {str(path)!r} holds no PEM certificate", path=str(path))
+        raise AgentError(f"the CA root file {str(path)!r} contains no PEM certificate", path=str(path))
     return data
 
 

@@ -3,6 +3,9 @@
 Envoy runs with `--disable-hot-restart`, so several Envoys on one host (local mode, tests) never
 share the hot-restart shared memory. Shutdown sends SIGTERM, waits `stop_timeout` seconds and
 then sends SIGKILL.
+
+NOTE: if the agent itself is killed with SIGKILL, Envoy keeps running without its SDS server.
+A parent-death signal would need `preexec_fn`, which is unsafe next to gRPC's threads.
 """
 
 from __future__ import annotations

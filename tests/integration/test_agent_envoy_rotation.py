@@ -40,7 +40,7 @@ def utc_now() -> datetime:
 
 
 def tls_listener(socket_path: str) -> bootstrap_pb2.Bootstrap:
-    """A bootstrap with one TLS listener (port 0) answering 200, its secrets from the agent."""
+    """A bootstrap with one TLS listener (port 0) that returns 200 and takes its secrets from the agent."""
     router = hcm_pb2.HttpFilter(name=names.HTTP_ROUTER, typed_config=names.pack(router_pb2.Router()))
     route = route_pb2.RouteConfiguration(virtual_hosts=[route_components_pb2.VirtualHost(
         name="all", domains=["*"],

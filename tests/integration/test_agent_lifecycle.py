@@ -120,7 +120,7 @@ async def test_ready_without_envoy_reports_svid(control_plane, tmp_path: Path) -
         assert bootstrap["node"]["metadata"]["LABELS"] == {"app": "ledger", "version": "v1"}
         assert bootstrap["node"]["metadata"]["NAMESPACE"] == "payments"
     finally:
-        await stop(process)
+        await stop_gracefully(process)
 
 
 async def test_sigterm_stops_envoy_and_exits_zero(control_plane, tmp_path: Path) -> None:
@@ -138,7 +138,7 @@ async def test_sigterm_stops_envoy_and_exits_zero(control_plane, tmp_path: Path)
         assert not Path(f"/proc/{envoy_pid}").exists()
         assert not (tmp_path / "run" / "sds.sock").exists()
     finally:
-        await stop(process)
+        await stop_gracefully(process)
 
 
 async def test_bad_token_exits_nonzero_with_reason(control_plane, tmp_path: Path) -> None:
@@ -152,4 +152,32 @@ async def test_bad_token_exits_nonzero_with_reason(control_plane, tmp_path: Path
         assert "UNAUTHENTICATED" in output
         assert "not-a-join-token" not in output
     finally:
-        await stop(process)
+        await stop_gracefully(process)
+
+
+async def test_dead_envoy_is_restarted(control_plane, tmp_path: Path) -> None:
+    plane, ca_dir = control_plane
+    process, health, log_file = await start_agent(plane, ca_dir, tmp_path)
+    try:
+        _code, body = await wait_status(health, lambda code, body: bool(body["envoy"].get("pid")), log_file)
+        first_pid = body["envoy"]["pid"]
+
+        os.kill(first_pid, signal.SIGKILL)
+        _code, body = await wait_status(
+            health, lambda code, body: body["envoy"].get("pid") not in (None, first_pid), log_file
+        )
+
+        assert body["envoy"]["restarts"] == 1
+        assert process.returncode is None
+    finally:
+        await stop_gracefully(process)
+
+
+async def stop_gracefully(process) -> None:
+    """SIGTERM the agent so that it stops its Envoy; kill it after 20 s."""
+    if process.returncode is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(process.wait(), timeout=20)
+        except asyncio.TimeoutError:
+            await stop(process)
