@@ -1,6 +1,6 @@
 """The `controlplane` command: create and use the mesh CA, mint join tokens, run the server.
 
-Exit status: 0 on success, 1 when the operation fails (a message on stderr says why), 2 for
+Exit status: 0 on success, 1 when the operation fails (a message on stderr explains why), 2 for
 invalid arguments. Every error is one line on stderr.
 """
 
@@ -70,6 +70,14 @@ def parse_trust_domain(text: str) -> str:
     return text
 
 
+def parse_namespace(text: str) -> str:
+    try:
+        SpiffeId.for_workload(DEFAULT_TRUST_DOMAIN, text, "service-account")
+    except SpiffeIdError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
 def parse_address(text: str) -> str:
     try:
         split_address(text)
@@ -124,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="CA directory; a new CA is created there on first start")
     serve.add_argument("--trust-domain", type=parse_trust_domain, default=DEFAULT_TRUST_DOMAIN,
                        help="trust domain for a CA created on first start (default %(default)s)")
-    serve.add_argument("--root-namespace", default=DEFAULT_ROOT_NAMESPACE,
+    serve.add_argument("--root-namespace", type=parse_namespace, default=DEFAULT_ROOT_NAMESPACE,
                        help="namespace of the control plane's own identity (default %(default)s)")
     serve.add_argument("--grpc-address", type=parse_address, default=DEFAULT_MTLS_ADDRESS,
                        help="HOST:PORT for gRPC with mutual TLS: ADS and certificate renewal (default %(default)s)")
@@ -133,8 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "(default %(default)s)")
     serve.add_argument("--admin-address", type=parse_address, default=DEFAULT_ADMIN_ADDRESS,
                        help="HOST:PORT for /healthz, /readyz, /metrics and the debug API (default %(default)s)")
-    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
-    serve.add_argument("--log-format", choices=("console", "json"), default="console")
+    serve.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                       help="lowest level of log events written to stderr (default %(default)s)")
+    serve.add_argument("--log-format", choices=("console", "json"), default="console",
+                       help="log lines as readable text or as one JSON object each (default %(default)s)")
     # Configuration source options (a folder of YAML, the Kubernetes API) belong here.
     serve.set_defaults(handler=command_serve)
     return parser

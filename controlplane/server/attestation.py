@@ -2,7 +2,7 @@
 
 An attestor looks at the call metadata and the verified TLS peer. It returns None when the call
 carries no credential of its kind, returns the proven SPIFFE ID, or raises `AttestationError`
-when the credential is present but does not prove anything. `FirstCredentialAttestor` asks a
+when the credential is present but does not prove anything. `FirstCredentialAttestor` calls a
 list of attestors in order and uses the first that finds its credential, so a rejected token
 never falls through to a weaker check.
 """
@@ -82,7 +82,7 @@ class PeerSvidAttestor:
 
 
 class FirstCredentialAttestor:
-    """Ask each attestor in order; the first one that finds its credential decides."""
+    """Call each attestor in order; the first one that finds its credential decides."""
 
     def __init__(self, attestors: Sequence[Attestor]) -> None:
         self._attestors = tuple(attestors)

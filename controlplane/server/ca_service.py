@@ -5,9 +5,9 @@ Failures map to gRPC status codes by one rule each:
 | status | when |
 | --- | --- |
 | UNAUTHENTICATED | no credential, or a credential that proves nothing (bad, reused, expired or forged join token; client certificate that is not a valid SVID) |
-| PERMISSION_DENIED | the caller is authenticated but asks for a certificate its credential does not grant: a CSR URI SAN naming another SPIFFE ID, or an identity the CA may not issue |
+| PERMISSION_DENIED | the caller is authenticated but requests a certificate its credential does not grant: a CSR URI SAN naming another SPIFFE ID, or an identity the CA may not issue |
 | INVALID_ARGUMENT | the request itself is unacceptable: malformed CSR, bad CSR signature, weak or unsupported key, negative validity |
-| INTERNAL | the CA cannot sign (for example its signing certificate expired); the details say so |
+| INTERNAL | the CA cannot sign, for example because its signing certificate expired |
 
 The status details carry the error message, which never contains a token or a key.
 """

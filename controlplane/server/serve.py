@@ -64,7 +64,7 @@ class ServeOptions:
 def load_or_create_ca(ca_dir: Path, *, trust_domain: str, now: datetime) -> tuple[CertificateAuthority, bool]:
     """Load the CA in `ca_dir`, or create one for `trust_domain` if the directory has none.
 
-    Return the CA and whether it was created. A directory that holds a partial CA is an error
+    Return the CA and whether it was created. A directory that contains a partial CA is an error
     (from `CertificateAuthority.load`), never silently replaced.
     """
     if any((ca_dir / name).exists() for name in CA_FILES):
@@ -120,12 +120,12 @@ class ControlPlane:
 
     async def start(self) -> None:
         await self.grpc.start()
-        self._tasks.append(
-            asyncio.create_task(
-                keep_serving_certificate_fresh(self.credentials, self._issue_serving_material, clock=self._clock),
-                name="serving-certificate-renewal",
-            )
+        renewal = asyncio.create_task(
+            keep_serving_certificate_fresh(self.credentials, self._issue_serving_material, clock=self._clock),
+            name="serving-certificate-renewal",
         )
+        renewal.add_done_callback(_log_task_failure)
+        self._tasks.append(renewal)
         await self.admin.start()
         self._started = True
 
@@ -145,6 +145,11 @@ class ControlPlane:
         if self._clock() >= self.credentials.material.not_after:
             return "the serving certificate expired and renewal keeps failing"
         return True
+
+
+def _log_task_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("server.task.failed", task=task.get_name(), error=repr(task.exception()))
 
 
 def build_control_plane(options: ServeOptions, ca: CertificateAuthority, *, clock: Clock) -> ControlPlane:

@@ -125,7 +125,7 @@ def peer_spiffe_id(context: grpc.aio.ServicerContext) -> SpiffeId | None:
 
     Return None when the caller presented no certificate (always so on the bootstrap port).
     Raise `SvidError` when the verified certificate is not a valid X.509-SVID, for example one
-    with two URI SANs; callers must treat that as an authentication failure, not as anonymous.
+    with two URI SANs. Callers must treat that as an authentication failure, not as anonymous.
     """
     values = context.auth_context().get(AUTH_CONTEXT_PEER_CERTIFICATE)
     if not values:

@@ -103,7 +103,7 @@ def request_certificate(bootstrap_port: int, roots_pem: bytes, token: str) -> ca
         return stub.CreateCertificate(request, metadata=(("authorization", f"Bearer {token}"),), timeout=10)
 
 
-def test_serve_creates_ca_answers_admin_and_stops_on_sigterm(serve_process, tmp_path):
+def test_serve_lifecycle_from_first_start(serve_process, tmp_path):
     process = serve_process()
     _mtls_port, bootstrap_port, admin_port = process.wait_for_serving()
 
