@@ -63,8 +63,8 @@ def map_key(path: str, key: Any) -> str:
 class ObjectErrors:
     """Every problem found in one Kubernetes object.
 
-    `unsupported` lists features that are well-formed but not enforced; they make a policy fail
-    closed like an error does, and are reported the same way.
+    Errors with `unsupported=True` name features that are well-formed but not enforced. They make
+    a policy fail closed like any other error does.
     """
 
     kind: str
@@ -72,7 +72,8 @@ class ObjectErrors:
     name: str = ""
     errors: list[ValidationError] = field(default_factory=list)
 
-    def add(self, path: str, message: str, value: Any = None) -> None:
+    def add(self, path: str, message: str, value: Any = None, *, unsupported: bool = False) -> None:
+        """Record one error; `unsupported` marks a well-formed feature that is not enforced."""
         self.errors.append(
             ValidationError(
                 message,
@@ -81,6 +82,7 @@ class ObjectErrors:
                 name=self.name,
                 path=path,
                 value=value,
+                unsupported=unsupported,
             )
         )
 

@@ -108,7 +108,7 @@ def parse_authorization_policy(
     )
     for field in ("targetRef", "targetRefs"):
         if field in spec:
-            errors.add(child("spec", field), f"is not supported, because idmesh has no gateways or waypoints; {FAILS_CLOSED}", spec[field])
+            errors.add(child("spec", field), f"is not supported, because idmesh has no gateways or waypoints; {FAILS_CLOSED}", spec[field], unsupported=True)
 
     action = _read_action(spec, errors)
     provider = _read_provider(spec, action, errors)
@@ -139,7 +139,7 @@ def _read_action(spec: Mapping[str, Any], errors: ObjectErrors) -> Any:
         errors.add("spec.action", f"{show(action)} is not an action; use one of {', '.join(ACTIONS)}", action)
         return "ALLOW"
     if action == "CUSTOM":
-        errors.add("spec.action", f"CUSTOM is not supported, because idmesh has no external authorizers; {FAILS_CLOSED}", action)
+        errors.add("spec.action", f"CUSTOM is not supported, because idmesh has no external authorizers; {FAILS_CLOSED}", action, unsupported=True)
     return action
 
 

@@ -227,7 +227,7 @@ def _read_source(source: Mapping[str, Any], path: str, errors: ObjectErrors) -> 
     # Fields are read in the order written, so errors follow the document.
     for name, value in source.items():
         if name in SOURCE_UNSUPPORTED:
-            errors.add(child(path, name), SOURCE_UNSUPPORTED[name], value)
+            errors.add(child(path, name), SOURCE_UNSUPPORTED[name], value, unsupported=True)
         elif name in SOURCE_CHECKS:
             values[snake_case(name)] = read_values(value, child(path, name), errors, SOURCE_CHECKS[name])
     return Source(**values)
@@ -273,7 +273,7 @@ def _condition_check(key: str, path: str, errors: ObjectErrors) -> Check | None:
     if key in CONDITION_CHECKS:
         return CONDITION_CHECKS[key]
     if key.startswith("request.auth."):
-        errors.add(path, f"{show(key)} {JWT_UNSUPPORTED}", key)
+        errors.add(path, f"{show(key)} {JWT_UNSUPPORTED}", key, unsupported=True)
         return None
     header = _HEADER_KEY.fullmatch(key)
     if header:

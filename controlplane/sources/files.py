@@ -36,7 +36,9 @@ def load_folder(path: str | Path) -> LoadResult:
     root = Path(path)
     result = LoadResult()
     if not root.is_dir():
-        result.errors.append(SourceError(f"{root}: not a folder", file=str(root), document=None, line=None))
+        result.errors.append(
+            SourceError(f"{root}: not a folder", file=str(root), document=None, line=None, problem="not a folder")
+        )
         return result
     for file in sorted(_manifest_files(root)):
         shown = str(file.relative_to(root))
@@ -113,6 +115,6 @@ def _error(shown: str, document: int | None, line: int | None, problem: str, cau
         where += f" document {document}"
     if line is not None:
         where += f" line {line}"
-    error = SourceError(f"{where}: {problem}", file=shown, document=document, line=line)
+    error = SourceError(f"{where}: {problem}", file=shown, document=document, line=line, problem=problem)
     error.__cause__ = cause
     return error
