@@ -1,4 +1,4 @@
-"""The one place the translator asks `rbac.py` for authorization filters.
+"""The one place the translator calls `rbac.py` for authorization filters.
 
 Every filter list that comes back is checked for regular expressions Envoy's RE2 would reject.
 If one is found, the chain gets a single deny-all RBAC filter in its place, so the workload

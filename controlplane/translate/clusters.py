@@ -11,14 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, config_source_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import duration_pb2, struct_pb2
 
+from controlplane.errors import MeshError
 from controlplane.identity.spiffe_id import SpiffeId
 from controlplane.model.types import Endpoint, MeshState, PortProtocol, Service, ServicePort, Workload
-from controlplane.errors import MeshError
 from controlplane.translate import names, tls
 from controlplane.translate.mesh import MeshIndex
 from controlplane.translate.mtls import MtlsPolicy, resolve_mtls

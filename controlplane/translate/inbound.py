@@ -4,7 +4,7 @@ Each workload port gets filter chains chosen by its effective PeerAuthentication
 Istio: STRICT has one chain that requires a client certificate; PERMISSIVE has a TLS chain
 (`transport_protocol: tls`, found by the TLS inspector) and a plaintext chain; DISABLE has a
 plaintext chain only. In kubernetes mode every chain sits in `virtualInbound` on 0.0.0.0:15006
-and is selected by the original destination port; in local mode each port is its own listener
+and is selected by the original destination port. In local mode each port is its own listener
 on `<proxy ip>:<port>`.
 """
 
@@ -64,8 +64,8 @@ def _inbound_http_manager(port: int, rbac_filters: list, options: TranslateOptio
             ],
         ),
         http_filters=[*rbac_filters, router_filter()],
-        # The path RBAC matches must be the path the app receives: normalize it, merge
-        # slashes and decode %2F before either sees it.
+        # RBAC must match the same path the app receives, so the path is normalized, slashes
+        # merged and %2F decoded before the RBAC filter runs.
         normalize_path=wrappers_pb2.BoolValue(value=True),
         merge_slashes=True,
         path_with_escaped_slashes_action=HCM.PathWithEscapedSlashesAction.UNESCAPE_AND_FORWARD,

@@ -140,7 +140,8 @@ class MeshIndex:
     """Workloads and endpoints grouped for lookups by namespace, name and service port."""
 
     workloads: dict[tuple[str, str], Workload] = field(default_factory=dict)
-    workloads_by_namespace: dict[str, list[Workload]] = field(default_factory=lambda: defaultdict(list))
+    # (namespace, label key, label value) -> workloads carrying that label
+    workloads_by_label: dict[tuple[str, str, str], list[Workload]] = field(default_factory=lambda: defaultdict(list))
     endpoints: dict[tuple[str, str, int], list[Endpoint]] = field(default_factory=lambda: defaultdict(list))
 
     @classmethod
@@ -148,7 +149,8 @@ class MeshIndex:
         index = cls()
         for workload in state.workloads:
             index.workloads[(workload.namespace, workload.name)] = workload
-            index.workloads_by_namespace[workload.namespace].append(workload)
+            for key, value in workload.labels.items():
+                index.workloads_by_label[(workload.namespace, key, value)].append(workload)
         for endpoint in state.endpoints:
             if endpoint.ready:
                 index.endpoints[(endpoint.namespace, endpoint.service, endpoint.service_port)].append(endpoint)
@@ -164,8 +166,7 @@ class MeshIndex:
     def selected_workloads(self, service: Service) -> list[Workload]:
         if not service.selector:
             return []
-        return [
-            workload
-            for workload in self.workloads_by_namespace.get(service.namespace, ())
-            if selects(service.selector, workload.labels)
-        ]
+        # Only workloads carrying the selector's first label can match all of it.
+        key, value = next(iter(service.selector.items()))
+        candidates = self.workloads_by_label.get((service.namespace, key, value), ())
+        return [workload for workload in candidates if selects(service.selector, workload.labels)]

@@ -60,7 +60,7 @@ def _outbound_http_manager(route_name: str, *, stat_prefix: str, connect: bool) 
         http_filters=[router_filter()],
     )
     if connect:
-        # CONNECT is terminated here: the route's connect_config makes Envoy answer 200 and
+        # CONNECT is terminated here. The route's connect_config makes Envoy reply 200 and
         # relay the tunnelled bytes to the route's cluster.
         manager.upgrade_configs.append(HCM.UpgradeConfig(upgrade_type="CONNECT"))
         manager.http2_protocol_options.CopyFrom(protocol_pb2.Http2ProtocolOptions(allow_connect=True))

@@ -75,8 +75,8 @@ def _without_repeats(problems: list[Exception]) -> tuple[Exception, ...]:
 def _drop_bad_regexes(items: dict[str, Built], kind: str) -> tuple[dict[str, Built], list[TranslationError]]:
     """Leave out any resource holding a regex RE2 rejects.
 
-    Policies are checked earlier, where a fault can fail closed on one port; this pass keeps
-    anything else from reaching Envoy and making it reject the whole response.
+    Policies are checked earlier, where a fault can fail closed on one port. This pass keeps
+    any other bad regex from reaching Envoy, which would reject the whole response.
     """
     kept: dict[str, Built] = {}
     problems: list[TranslationError] = []
