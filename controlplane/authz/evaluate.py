@@ -67,9 +67,10 @@ class EngineResult:
 class Decision:
     """The outcome of a filter chain for one request.
 
-    `filter_name` and `policy` name what decided: the denying filter and its matched policy
-    (None when an ALLOW engine matched nothing), or on an allowed request the last ALLOW engine
-    and the policy that allowed it (both None when no ALLOW engine ran). `logged` lists the LOG
+    `filter_name` and `policy` name what decided. On a denial they are the denying filter and
+    its matched policy, which is None when an ALLOW engine matched nothing. On an allowed
+    request they are the last ALLOW engine and its matched policy, both None when no ALLOW
+    engine ran. `logged` lists the LOG
     engines whose policies matched, and `shadow` every shadow engine that ran.
     """
 

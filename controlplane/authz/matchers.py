@@ -297,7 +297,7 @@ def compile_principal(principal: rbac_pb2.Principal, where: str) -> Predicate:
 
 
 def compile_policy(policy: rbac_pb2.Policy, where: str) -> Predicate:
-    """A policy matches when any permission and any principal match."""
+    """Compile a policy, which matches when any permission and any principal match."""
     for condition in ("condition", "checked_condition", "cel_config"):
         if policy.HasField(condition):
             raise UnsupportedRbacError(f"{where}.{condition}: CEL conditions are not supported", path=where)

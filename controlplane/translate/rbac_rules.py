@@ -6,7 +6,7 @@ of `to`; the values of one field are OR-ed; a `not*` field excludes its values. 
 becomes one permission and each `from` entry one principal, and every `when` condition is
 AND-ed into each of them.
 
-On a TCP port Envoy sees no HTTP request, so HTTP-only fields cannot be evaluated. As in Istio,
+On a TCP port Envoy parses no HTTP request, so HTTP-only fields cannot be evaluated. As in Istio,
 an ALLOW rule that uses one can never match and is dropped, while a DENY or AUDIT rule ignores
 those fields and so matches more connections. Each such case is returned as an `RbacNote`.
 """
@@ -30,7 +30,7 @@ Build = Callable[[str, MeshConfig], list]
 
 @dataclass(frozen=True, slots=True)
 class FieldKind:
-    """How one policy field becomes Envoy matchers."""
+    """Translation recipe for one policy field: the RBAC side it lands on and its matcher builder."""
 
     side: Side
     build: Build
@@ -173,7 +173,7 @@ def _source_check(source: Source) -> None:
 
 
 def _combine(side: Side, kind: str, items: list) -> Matcher:
-    """AND or OR `items` on one side; a single item stands for itself."""
+    """Combine `items` with AND or OR on one side; a single item is returned unchanged."""
     if len(items) == 1:
         return items[0]
     if side == "permission":
