@@ -9,7 +9,7 @@ from controlplane.model.types import (
     Rule,
     Source,
 )
-from controlplane.translate import translate
+from controlplane.translate import TranslateOptions, translate
 from controlplane.translate.resources import CLUSTER, LISTENER
 from tests.golden.meshes import LEDGER, WEB, proxy_for, small_mesh
 from tests.golden.walk import find, unpack
@@ -180,3 +180,12 @@ def test_bad_regex_on_one_workload_leaves_others_untouched() -> None:
     config = translate(small_mesh(extra_policies=(greedy,)), proxy_for(WEB, ip=WEB.ip))
     assert config.problems == ()
     assert f"inbound_{WEB.ip}_8080" in config.resources[LISTENER]
+
+
+def test_access_log_path_follows_option() -> None:
+    options = TranslateOptions(access_log_path="/var/log/idmesh/access.log")
+    config = translate(small_mesh(), proxy_for(LEDGER, ip=LEDGER.ip), options)
+    for port in (8080, 9000, 9090):
+        listener = config.resources[LISTENER][f"inbound_{LEDGER.ip}_{port}"]
+        paths = {unpack(log.typed_config).path for log in find(listener, "envoy.config.accesslog.v3.AccessLog")}
+        assert paths == {"/var/log/idmesh/access.log"}
