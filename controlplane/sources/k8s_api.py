@@ -1,6 +1,6 @@
 """Blocking list, watch and discovery requests through the official client's `ApiClient`.
 
-Responses are read as raw JSON rather than the client's typed models, so the store holds each
+Responses are read as raw JSON rather than the client's typed models, so the store keeps each
 object exactly as the API server sent it, and custom resources need no separate code path.
 Every failure leaves this module as `KubernetesApiError` with the client or urllib3 error chained.
 """
@@ -50,7 +50,7 @@ def _status_reason(body: Any) -> str:
 
 
 def _get(api_client: ApiClient, path: str, query: list[tuple[str, Any]], timeout: Timeout) -> urllib3.BaseHTTPResponse:
-    """Send a GET and return the unread urllib3 response; raise `KubernetesApiError` on failure."""
+    """Send a GET and return the unread urllib3 response, or raise `KubernetesApiError`."""
     request = api_client.param_serialize(
         method="GET",
         resource_path=path,
@@ -83,7 +83,7 @@ def _read_json(response: urllib3.BaseHTTPResponse, path: str) -> dict[str, Any]:
 def is_served(api_client: ApiClient, kind: ResourceKind, timeout: Timeout) -> bool:
     """Return whether the API server serves `kind`, from the discovery document of its group version.
 
-    A 404 for the group version means the CRD is not installed; other failures raise.
+    A 404 for the group version means the CRD is not installed. Other failures raise.
     """
     path = kind.group_version_path
     try:
@@ -96,7 +96,7 @@ def is_served(api_client: ApiClient, kind: ResourceKind, timeout: Timeout) -> bo
 
 
 def list_objects(api_client: ApiClient, kind: ResourceKind, timeout: Timeout) -> tuple[list[dict[str, Any]], str]:
-    """List the collection; return its items (with apiVersion and kind set) and resourceVersion."""
+    """List the collection and return its items (apiVersion and kind set) and resourceVersion."""
     query: list[tuple[str, Any]] = []
     if kind.field_selector:
         query.append(("fieldSelector", kind.field_selector))
@@ -114,7 +114,7 @@ def open_watch(
     timeout_seconds: int,
     timeout: Timeout,
 ) -> urllib3.BaseHTTPResponse:
-    """Start a watch from `resource_version`; the server ends it after `timeout_seconds`."""
+    """Start a watch from `resource_version`, which the server ends after `timeout_seconds`."""
     query: list[tuple[str, Any]] = [
         ("watch", True),
         ("resourceVersion", resource_version),

@@ -6,7 +6,7 @@ its own copy of the collection, which serves two purposes. First, a relist is tu
 the synthetic ADDED, MODIFIED and DELETED events that the watch would have sent. Second, a
 DELETED event for an object already gone is dropped, so the owner never sees a deletion twice.
 
-Recovery follows what the API server asks for:
+Recovery depends on how the watch ended:
 - the watch ends at `timeoutSeconds`: watch again from the last resourceVersion seen;
 - 410 Gone (HTTP status, or an ERROR event with code 410): list again, quietly;
 - the server is unreachable or fails: wait with capped exponential backoff, then watch again
@@ -38,7 +38,7 @@ WATCH_EVENT_TYPES = ("ADDED", "MODIFIED", "DELETED")
 
 @dataclass(frozen=True, slots=True)
 class WatchSettings:
-    """Timeouts and retry pacing of every informer; all values in seconds."""
+    """Timeouts and retry pacing of every informer, all in seconds."""
 
     # Sent as timeoutSeconds: the server ends each watch after this long.
     watch_timeout_seconds: int = 300
@@ -64,7 +64,7 @@ class Change:
 
 
 class WatchExpired(Exception):
-    """The resourceVersion the watch started from is older than the server keeps: relist."""
+    """The watch started from a resourceVersion the server no longer keeps, so a relist is needed."""
 
 
 def backoff_delay(attempt: int, settings: WatchSettings, rng: random.Random) -> float:
@@ -126,6 +126,8 @@ class Informer:
         self._listed_once = False
         self._crd_missing_logged = False
         self._unreachable_logged = False
+        # Failed requests in a row, which sets the next backoff delay.
+        self._failures = 0
         self._stopping = threading.Event()
         self._response_lock = threading.Lock()
         self._response: urllib3.BaseHTTPResponse | None = None
@@ -135,7 +137,11 @@ class Informer:
         self._thread.start()
 
     def stop(self) -> None:
-        """Ask the thread to finish and unblock a watch it is reading."""
+        """Ask the thread to finish and unblock a watch it is reading.
+
+        NOTE: a list or discovery request in flight is not interrupted. The thread ends when it
+        returns, within `request_timeout_seconds`, which may be longer than the join timeout.
+        """
         self._stopping.set()
         with self._response_lock:
             response = self._response
@@ -144,7 +150,7 @@ class Informer:
             response.shutdown()
 
     def join(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for the thread; return whether it finished."""
+        """Wait up to `timeout` seconds for the thread and return whether it finished."""
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
@@ -155,7 +161,6 @@ class Informer:
             log.debug("kubernetes.informer.stopped", resource=self.kind.path)
 
     def _follow(self) -> None:
-        attempt = 0
         while not self._stopping.is_set():
             try:
                 if self.kind.crd and self._resource_version is None and not self._check_crd():
@@ -163,30 +168,35 @@ class Informer:
                     continue
                 if self._resource_version is None:
                     self._relist()
-                self._watch()
-                self._recovered()
-                attempt = 0
+                if self._watch() == 0:
+                    # A stream that ends with no event at all, again and again, must not spin.
+                    self._stopping.wait(backoff_delay(0, self._settings, self._rng))
             except WatchExpired:
                 log.debug("kubernetes.watch.expired", resource=self.kind.path, resource_version=self._resource_version)
                 self._resource_version = None
             except KubernetesApiError as exc:
                 if exc.status == 404 and self.kind.crd:
                     # The CRD was deleted: its objects went with it, and discovery decides when to return.
+                    log.info("kubernetes.crd.removed", resource=self.kind.path, kind=self.kind.kind)
                     self._forget_collection()
-                delay = backoff_delay(attempt, self._settings, self._rng)
-                self._log_failure(exc, attempt, delay)
-                attempt += 1
+                    self._stopping.wait(self._settings.crd_recheck_seconds)
+                    continue
+                delay = backoff_delay(self._failures, self._settings, self._rng)
+                self._log_failure(exc, self._failures, delay)
+                self._failures += 1
                 self._stopping.wait(delay)
             except _Stopped:
                 return
 
     def _recovered(self) -> None:
+        """Reset the backoff after the API server has answered a request."""
+        self._failures = 0
         if self._unreachable_logged:
             log.info("kubernetes.api.reachable", resource=self.kind.path)
             self._unreachable_logged = False
 
     def _log_failure(self, exc: KubernetesApiError, attempt: int, delay: float) -> None:
-        # Reconnects are expected churn; one warning per outage says that the API is gone.
+        # Reconnects are expected churn, so they log at debug, plus one warning per outage.
         log.debug("kubernetes.watch.retrying", resource=self.kind.path, attempt=attempt, delay=round(delay, 3), error=str(exc))
         if attempt >= 2 and not self._unreachable_logged:
             log.warning("kubernetes.api.unreachable", resource=self.kind.path, status=exc.status, error=str(exc))
@@ -197,6 +207,7 @@ class Informer:
 
     def _check_crd(self) -> bool:
         served = k8s_api.is_served(self._api_client, self.kind, self._timeouts(self._settings.request_timeout_seconds))
+        self._recovered()
         if served:
             if self._crd_missing_logged:
                 log.info("kubernetes.crd.found", resource=self.kind.path, kind=self.kind.kind)
@@ -209,12 +220,14 @@ class Informer:
         return False
 
     def _forget_collection(self) -> None:
-        """Handle a CRD collection that answers 404: its objects are gone with it."""
+        """Report every cached object deleted, for a CRD collection that returned 404."""
         self._emit(diff_listing(self._cache, {}))
         self._cache = {}
         self._resource_version = None
 
     def _relist(self) -> None:
+        # NOTE: one unpaginated list per collection. Very large clusters would want `limit`
+        # and `continue`, with their own 410 handling for an expired continue token.
         items, resource_version = k8s_api.list_objects(
             self._api_client, self.kind, self._timeouts(self._settings.request_timeout_seconds)
         )
@@ -222,6 +235,7 @@ class Informer:
         self._emit(diff_listing(self._cache, listed))
         self._cache = listed
         self._resource_version = resource_version
+        self._recovered()
         log.debug("kubernetes.informer.listed", resource=self.kind.path, objects=len(listed), resource_version=resource_version)
         self._mark_listed()
 
@@ -230,8 +244,11 @@ class Informer:
             self._listed_once = True
             self._on_listed(self.kind)
 
-    def _watch(self) -> None:
-        """Watch from the last resourceVersion until the server ends the stream."""
+    def _watch(self) -> int:
+        """Watch from the last resourceVersion until the server ends the stream.
+
+        Return the number of events received.
+        """
         assert self._resource_version is not None
         seconds = self._settings.watch_timeout_seconds
         try:
@@ -246,14 +263,17 @@ class Informer:
             if exc.status == 410:
                 raise WatchExpired() from exc
             raise
+        self._recovered()
         with self._response_lock:
             self._response = response
+        received = 0
         try:
             if self._stopping.is_set():
                 raise _Stopped
             for event in k8s_api.iter_events(response, self.kind):
                 if self._stopping.is_set():
                     raise _Stopped
+                received += 1
                 self._handle(event)
         except KubernetesApiError:
             if self._stopping.is_set():
@@ -263,6 +283,7 @@ class Informer:
             with self._response_lock:
                 self._response = None
             response.release_conn()
+        return received
 
     def _handle(self, event: Mapping[str, Any]) -> None:
         event_type = event.get("type")
@@ -313,7 +334,7 @@ class Informer:
             try:
                 self._deliver(event)
             except RuntimeError as exc:
-                # The owner's event loop is closed: nobody is left to receive events.
+                # The owner's event loop is closed, so no consumer is left to receive events.
                 log.debug("kubernetes.informer.orphaned", resource=self.kind.path, error=str(exc))
                 self._stopping.set()
                 raise _Stopped from exc

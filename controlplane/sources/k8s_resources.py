@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-# (apiVersion/kind, namespace, name); the namespace is "" for cluster-scoped objects.
+# (apiVersion/kind, namespace, name), with namespace "" for cluster-scoped objects.
 ObjectKey = tuple[str, str, str]
 
-# The ConfigMap in the root namespace that holds mesh-wide settings.
+# The ConfigMap in the root namespace that contains the mesh-wide settings.
 MESH_CONFIGMAP_NAME = "idmesh"
 
 POLICY_GROUPS = ("security.idmesh.io", "security.istio.io")

@@ -61,7 +61,7 @@ class KubernetesSource:
     """The watched cluster objects, keyed by (apiVersion/kind, namespace, name).
 
     Stored objects are the raw dicts the API server sent, with `apiVersion` and `kind` set.
-    `objects()` returns copies; the dicts carried by `Change` must be treated as read-only.
+    `objects()` returns copies, but the dicts in each `Change` are shared and must not be modified.
     """
 
     def __init__(

@@ -16,7 +16,7 @@ patch and delete. It falls short of a real API server where informers depend on 
   gets the same ERROR event. With `gone_as_http_status` set, open watches end without an event
   and a later watch from an older version gets an HTTP 410 Status instead.
 - `hold_watch_events`: while set, changes are stored and recorded in the history but not sent to
-  open watches, which stands in for a watch connection that silently broke.
+  open watches. This is how a watch connection that silently broke looks to the client.
 - `timeoutSeconds` ends a watch; with `allowWatchBookmarks=true` a BOOKMARK event carrying the
   last version the watch has passed is sent first.
 - `fieldSelector` on `metadata.name` and `metadata.namespace` (`=`, `==`, `!=`) for list and watch.
@@ -26,7 +26,8 @@ patch and delete. It falls short of a real API server where informers depend on 
 - `drop_watches()` ends every open watch, as a server does when it shuts down; `ApiServer` stops
   and restarts the HTTP listener on the same port while the emulator keeps its state.
 - CRD discovery comes from kmock itself: a group appears under `/apis/GROUP/VERSION` once its
-  resources are declared in `emulator.resources`; an undeclared group returns 404.
+  resources are declared in `emulator.resources`, and an undeclared group returns 404.
+  `uninstall()` removes a declared resource and its objects, as deleting a CRD does.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ class _Watch:
 
 
 class _RecordingBuses(collections.defaultdict):  # type: ignore[type-arg]
-    """Stands in for kmock's per-resource event buses and routes events to the emulator."""
+    """Replaces kmock's per-resource event buses and routes their events to the emulator."""
 
     def __init__(self, emulator: ApiEmulator) -> None:
         super().__init__()
@@ -148,7 +149,7 @@ class ApiEmulator(kmock.KubernetesEmulator):
     gone_as_http_status: bool = False
     hold_watch_events: bool = False
     list_gates: dict[str, asyncio.Event] = attrs.field(factory=dict)
-    # How many lists of each plural the emulator has answered.
+    # How many lists of each plural the emulator has served.
     list_counts: collections.Counter[str] = attrs.field(factory=collections.Counter)
     # How many watches were refused because they started from a compacted resourceVersion.
     refused_watches: int = 0
@@ -185,7 +186,8 @@ class ApiEmulator(kmock.KubernetesEmulator):
 
     async def _handle(self, request: rendering.Request) -> Any:
         if request.namespace == _PLACEHOLDER:
-            # kmock's Request is frozen; a copy would lose the private stream state it carries.
+            # A copy made with attrs.evolve matches none of kmock's reactions, so the frozen
+            # Request is changed in place.
             object.__setattr__(request, "namespace", None)
         if request.resource is None or request.action not in _MUTATIONS:
             return await super()._handle(request)
@@ -340,6 +342,18 @@ class ApiEmulator(kmock.KubernetesEmulator):
             watch.queue.put_nowait(event)
         return len(watches)
 
+    def uninstall(self, resource_key: str) -> None:
+        """Remove a resource such as `security.istio.io/v1/authorizationpolicies` with its objects.
+
+        Open watches of it end, and discovery, list and watch then return 404, as after a CRD
+        is deleted.
+        """
+        del self.resources[resource_key]
+        for key in [key for key in self._objects if key[0] == kmock.resource(resource_key)]:
+            del self._objects[key]
+        for watch in [watch for watch in self._watches if watch.resource == kmock.resource(resource_key)]:
+            watch.queue.put_nowait(_CLOSE)
+
     def drop_watches(self) -> None:
         """End every open watch without an event, as a server that shuts down does."""
         for watch in list(self._watches):
@@ -415,7 +429,7 @@ def kube(client_configuration: kubernetes.client.Configuration) -> Kube:
 
 
 async def wait_until(predicate: Callable[[], bool], *, timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll `predicate` every 20 ms until it holds; fail the test after `timeout` seconds."""
+    """Poll `predicate` every 20 ms until it is true, and fail the test after `timeout` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not predicate():
@@ -464,7 +478,7 @@ def change_log() -> ChangeLog:
 async def make_source(
     client_configuration: kubernetes.client.Configuration, change_log: ChangeLog
 ) -> AsyncIterator[Callable[..., Awaitable[KubernetesSource]]]:
-    """Start sources against the emulator with `FAST_SETTINGS`; stop them all at teardown."""
+    """Start sources against the emulator with `FAST_SETTINGS`, and stop them all at teardown."""
     sources: list[KubernetesSource] = []
 
     async def start(**kwargs: Any) -> KubernetesSource:

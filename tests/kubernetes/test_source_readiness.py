@@ -62,3 +62,20 @@ async def test_crd_installed_later_is_watched(make_source, kube, emulator, chang
     key = ("security.istio.io/v1/AuthorizationPolicy", "payments", "deny-all")
     await wait_until(lambda: source.get(key) is not None, what="the policy after its CRD appeared")
     assert change_log.of(key) == ["ADDED"]
+
+
+async def test_removed_crd_deletes_its_objects(make_source, kube, emulator, change_log):
+    declare_policy_crds(emulator, "security.istio.io")
+    await kube(kube.custom.create_namespaced_custom_object, "security.istio.io", "v1", "payments", "authorizationpolicies", POLICY)
+    source = await make_source()
+    await within(source.ready.wait())
+    key = ("security.istio.io/v1/AuthorizationPolicy", "payments", "deny-all")
+    assert source.get(key) is not None
+
+    with structlog.testing.capture_logs() as logs:
+        emulator.uninstall("security.istio.io/v1/authorizationpolicies")
+        await wait_until(lambda: source.get(key) is None, what="the policy to go with its CRD")
+
+    assert change_log.of(key) == ["ADDED", "DELETED"]
+    assert [entry["resource"] for entry in _events(logs, "kubernetes.crd.removed")] == ["/apis/security.istio.io/v1/authorizationpolicies"]
+    assert [entry for entry in logs if entry["log_level"] in ("warning", "error")] == []

@@ -46,7 +46,7 @@ async def test_gone_relists_and_reports_missed_changes(make_source, kube, emulat
 
     assert emulator.list_counts["pods"] == lists_before + 1
     if gone_as_http_status:
-        # The stream ended without an event, so only the HTTP 410 of the next watch can have said it.
+        # The stream ended without an event, so only the HTTP 410 of the next watch reported the expiry.
         assert emulator.refused_watches > 0
     assert change_log.of(_key("deleted-before")) == ["ADDED", "DELETED"]
     assert source.get(_key("changed"))["metadata"]["labels"] == {"version": "v2"}
