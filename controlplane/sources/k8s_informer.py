@@ -240,9 +240,13 @@ class Informer:
         self._mark_listed()
 
     def _mark_listed(self) -> None:
-        if not self._listed_once:
-            self._listed_once = True
+        if self._listed_once:
+            return
+        self._listed_once = True
+        try:
             self._on_listed(self.kind)
+        except RuntimeError as exc:
+            self._orphaned(exc)
 
     def _watch(self) -> int:
         """Watch from the last resourceVersion until the server ends the stream.
@@ -334,10 +338,13 @@ class Informer:
             try:
                 self._deliver(event)
             except RuntimeError as exc:
-                # The owner's event loop is closed, so no consumer is left to receive events.
-                log.debug("kubernetes.informer.orphaned", resource=self.kind.path, error=str(exc))
-                self._stopping.set()
-                raise _Stopped from exc
+                self._orphaned(exc)
+
+    def _orphaned(self, exc: RuntimeError) -> None:
+        """Stop the thread because the owner's event loop is closed and cannot take events."""
+        log.debug("kubernetes.informer.orphaned", resource=self.kind.path, error=str(exc))
+        self._stopping.set()
+        raise _Stopped from exc
 
 
 class _Stopped(Exception):
