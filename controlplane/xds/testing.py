@@ -136,6 +136,9 @@ def eds_cluster(name: str, *, connect_timeout_ms: int = 1000) -> cluster_pb2.Clu
     cluster = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.EDS)
     cluster.connect_timeout.FromMilliseconds(connect_timeout_ms)
     cluster.eds_cluster_config.eds_config.CopyFrom(ads_source())
+    # A zero initial_fetch_timeout disables it, so the cluster stays warming until it gets a
+    # ClusterLoadAssignment instead of giving up after Envoy's default 15 s.
+    cluster.eds_cluster_config.eds_config.initial_fetch_timeout.SetInParent()
     return cluster
 
 
