@@ -52,9 +52,9 @@ def render(
         raise ValueError(f"output format {output!r} is not one of {', '.join(FORMATS)}")
     if not records:
         return empty + "\n"
-    shown = [column for column in columns if output == "wide" or not column.wide]
-    rows = [[column.header for column in shown]]
-    rows += [[_cell(record.get(column.key)) for column in shown] for record in records]
+    visible = [column for column in columns if output == "wide" or not column.wide]
+    rows = [[column.header for column in visible]]
+    rows += [[_cell(record.get(column.key)) for column in visible] for record in records]
     return format_table(rows)
 
 

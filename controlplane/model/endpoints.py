@@ -104,7 +104,8 @@ def _slice_ports(value: Any, service: Service, errors: ObjectErrors) -> list[tup
         if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= 65535:
             errors.add(child(path, "port"), f"{show(number)} is not a port number; use an integer from 1 to 65535", number)
             continue
-        service_port = by_name.get(entry.get("name") or "")
+        name = entry.get("name") or ""
+        service_port = by_name.get(name) if isinstance(name, str) else None
         if service_port is not None:
             pairs.append((service_port.port, number))
     return pairs

@@ -1,6 +1,6 @@
 """Mesh-wide settings from the ConfigMap `idmesh`, key `mesh`, in the root namespace.
 
-The key holds a YAML document:
+The key contains a YAML document:
 
     trustDomain: example.org          # SPIFFE trust domain of every workload
     trustDomainAliases: [old.example] # other trust domains whose peers are accepted
@@ -193,7 +193,7 @@ def _read_document(obj: Mapping[str, Any], errors: ObjectErrors) -> dict[str, An
         return None
     try:
         document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
@@ -299,6 +299,6 @@ def _declared_root(obj: Mapping[str, Any]) -> Any:
     text = data.get(CONFIGMAP_KEY) if isinstance(data, dict) else None
     try:
         document = yaml.safe_load(text) if isinstance(text, str) else None
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):
         return None
     return document.get("rootNamespace") if isinstance(document, dict) else None

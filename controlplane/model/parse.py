@@ -47,7 +47,7 @@ def kind_key(obj: Mapping[str, Any]) -> str:
 def parse_objects(objects: Iterable[Mapping[str, Any]], *, config: MeshConfig | None = None) -> MeshState:
     """Parse every object the mesh reads; other kinds are ignored.
 
-    `config` holds settings from the command line or defaults; the `idmesh` ConfigMap in its
+    `config` contains settings from the command line or defaults; the `idmesh` ConfigMap in its
     root namespace overrides the keys it sets.
     """
     by_kind: dict[str, list[Mapping[str, Any]]] = defaultdict(list)

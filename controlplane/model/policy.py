@@ -66,7 +66,7 @@ def read_selector(
 ) -> tuple[Mapping[str, str] | None, bool]:
     """Read `spec.selector`; return the labels (None when absent) and whether it was readable.
 
-    Each selector error ends with `consequence`, which says what happens to the policy when its
+    Each selector error ends with `consequence`, which states what happens to the policy when its
     selector cannot be read.
     """
     if "selector" not in spec:

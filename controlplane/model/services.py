@@ -92,6 +92,7 @@ def _service_port(value: Any, path: str, errors: ObjectErrors, *, named: bool) -
     if port is None:
         return None
     number = as_port_number(port.get("port"), child(path, "port"), errors)
+
     name = port.get("name", "")
     if as_str(name, child(path, "name"), errors) is None:
         name = ""
@@ -99,12 +100,15 @@ def _service_port(value: Any, path: str, errors: ObjectErrors, *, named: bool) -
         errors.add(child(path, "name"), f"{show(name)} is not a port name: it {problem}", name)
     elif not name and named:
         errors.add(child(path, "name"), "is missing; every port of a Service with several ports needs a name", None)
+
     protocol = port.get("protocol", "TCP")
     if protocol not in PORT_PROTOCOLS:
         errors.add(child(path, "protocol"), f"{show(protocol)} is not a protocol; use one of {', '.join(PORT_PROTOCOLS)}", protocol)
+
     app_protocol = port.get("appProtocol", "")
     if as_str(app_protocol, child(path, "appProtocol"), errors) is None:
         app_protocol = ""
+
     if number is None:
         return None
     target = _target_port(port.get("targetPort", number), child(path, "targetPort"), errors)

@@ -3,7 +3,8 @@
 Every `*.yaml`, `*.yml` and `*.json` file under the folder is read, in sorted path order, with
 multi-document YAML and `kind: List` expanded. A file that cannot be read or parsed is reported
 with its name, document number and line, and skipped as a whole, because applying half of a
-file could apply half of a change. Loading never raises for bad content.
+file could apply half of a change. Loading does not raise for bad content
+(unreadable files, invalid YAML or JSON, documents that are not objects).
 """
 
 from __future__ import annotations
@@ -41,14 +42,14 @@ def load_folder(path: str | Path) -> LoadResult:
         )
         return result
     for file in sorted(_manifest_files(root)):
-        shown = str(file.relative_to(root))
-        documents, error = _read_file(file, shown)
+        display_name = str(file.relative_to(root))
+        documents, error = _read_file(file, display_name)
         if error is not None:
             result.errors.append(error)
             continue
         for index, document in documents:
             result.objects.append(document)
-            result.origins.append(f"{shown}#{index}")
+            result.origins.append(f"{display_name}#{index}")
     return result
 
 
@@ -63,27 +64,29 @@ def _manifest_files(root: Path) -> list[Path]:
     return files
 
 
-def _read_file(file: Path, shown: str) -> tuple[list[tuple[int, dict[str, Any]]], SourceError | None]:
+def _read_file(file: Path, display_name: str) -> tuple[list[tuple[int, dict[str, Any]]], SourceError | None]:
     """Return `(document number, object)` pairs, or the first problem of the file."""
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        return [], _error(shown, None, None, f"cannot be read: {exc}", exc)
+        return [], _error(display_name, None, None, f"cannot be read: {exc}", exc)
     if file.suffix == ".json":
         try:
             raw_documents = [json.loads(text)]
         except json.JSONDecodeError as exc:
-            return [], _error(shown, 1, exc.lineno, f"is not valid JSON: {exc.msg}", exc)
+            return [], _error(display_name, 1, exc.lineno, f"is not valid JSON: {exc.msg}", exc)
     else:
         raw_documents = []
         try:
             for document in yaml.safe_load_all(text):
                 raw_documents.append(document)
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, ValueError) as exc:
+            # PyYAML raises ValueError for values its resolver accepts but Python does not,
+            # such as the date 2024-02-30.
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else None
             problem = getattr(exc, "problem", None) or str(exc)
-            return [], _error(shown, len(raw_documents) + 1, line, f"is not valid YAML: {problem}", exc)
+            return [], _error(display_name, len(raw_documents) + 1, line, f"is not valid YAML: {problem}", exc)
 
     documents: list[tuple[int, dict[str, Any]]] = []
     for index, document in enumerate(raw_documents, start=1):
@@ -91,7 +94,7 @@ def _read_file(file: Path, shown: str) -> tuple[list[tuple[int, dict[str, Any]]]
             continue
         objects, problem = _objects_of(document)
         if problem:
-            return [], _error(shown, index, None, problem, None)
+            return [], _error(display_name, index, None, problem, None)
         documents.extend((index, obj) for obj in objects)
     return documents, None
 
@@ -109,12 +112,12 @@ def _objects_of(document: Any) -> tuple[list[dict[str, Any]], str]:
     return items, ""
 
 
-def _error(shown: str, document: int | None, line: int | None, problem: str, cause: Exception | None) -> SourceError:
-    where = shown
+def _error(display_name: str, document: int | None, line: int | None, problem: str, cause: Exception | None) -> SourceError:
+    where = display_name
     if document is not None:
         where += f" document {document}"
     if line is not None:
         where += f" line {line}"
-    error = SourceError(f"{where}: {problem}", file=shown, document=document, line=line, problem=problem)
+    error = SourceError(f"{where}: {problem}", file=display_name, document=document, line=line, problem=problem)
     error.__cause__ = cause
     return error

@@ -84,3 +84,9 @@ def test_missing_folder_reported(tmp_path):
     result = load_folder(tmp_path / "absent")
     assert result.objects == []
     assert [e.file for e in result.errors] == [str(tmp_path / "absent")]
+
+
+def test_impossible_date_reported_not_raised(tmp_path):
+    (tmp_path / "date.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: a, labels: {since: 2024-02-30}}\n")
+    (error,) = load_folder(tmp_path).errors
+    assert str(error) == "date.yaml document 1: is not valid YAML: day is out of range for month"
