@@ -209,8 +209,8 @@ def _principal_findings(state: MeshState, policy: AuthorizationPolicy) -> list[F
                 "principal-outside-trust-domain",
                 str(policy.ref),
                 path,
-                f"{show(value)} is in trust domain {trust_domain}, which the mesh does not trust ({accepted}, "
-                "and cluster.local for the mesh's own), so no peer presents it",
+                f"{show(value)} is in trust domain {trust_domain}, which is not the mesh's trust domain "
+                f"or an alias (trusted: {accepted}), so no peer presents it",
             )
         )
     return findings

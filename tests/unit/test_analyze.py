@@ -189,8 +189,8 @@ def test_principals_outside_trust_domain_and_wildcard_warned(tmp_path):
         ("principal-outside-trust-domain", "spec.rules[0].from[0].source.principals[3]"),
     ]
     assert findings[1]["message"] == (
-        '"other.org/ns/a/sa/b" is in trust domain other.org, which the mesh does not trust '
-        "(cluster.local, and cluster.local for the mesh's own), so no peer presents it"
+        '"other.org/ns/a/sa/b" is in trust domain other.org, which is not the mesh\'s trust domain '
+        "or an alias (trusted: cluster.local), so no peer presents it"
     )
 
 

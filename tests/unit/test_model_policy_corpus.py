@@ -1,4 +1,4 @@
-"""Every file under tests/data/invalid holds one defect; each must be reported with its exact
+"""Every file under tests/data/invalid contains one defect; each must be reported with its exact
 message, and mixing them with valid policies must leave the valid ones in force."""
 
 from __future__ import annotations
