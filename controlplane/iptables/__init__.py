@@ -1,0 +1,1 @@
+"""Traffic capture for a pod's sidecar: nat rules (pure) and the `idmesh-iptables` command."""
