@@ -145,7 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="lowest level of log events written to stderr (default %(default)s)")
     serve.add_argument("--log-format", choices=("console", "json"), default="console",
                        help="log lines as readable text or as one JSON object each (default %(default)s)")
-    # Configuration source options (a folder of YAML, the Kubernetes API) belong here.
+    serve.add_argument("--source", default="none", metavar="SOURCE",
+                       help="where mesh configuration comes from: files:DIR (a folder of Kubernetes YAML, "
+                            "followed for changes), kubernetes (the API server), or none (default %(default)s)")
+    serve.add_argument("--local-addresses", type=Path, default=None, metavar="FILE",
+                       help="local mode: JSON map of namespace/name to the workload's loopback address, "
+                            "as written by meshctl up")
+    serve.add_argument("--kubeconfig", type=Path, default=None,
+                       help="with --source kubernetes: kubeconfig file (default: in-cluster, then ~/.kube/config)")
+    serve.add_argument("--context", default=None, help="with --source kubernetes: kubeconfig context to use")
     serve.set_defaults(handler=command_serve)
     return parser
 
@@ -204,6 +212,10 @@ def command_serve(args: argparse.Namespace) -> int:
         grpc_address=args.grpc_address,
         bootstrap_address=args.bootstrap_address,
         admin_address=args.admin_address,
+        source=args.source,
+        local_addresses=args.local_addresses,
+        kubeconfig=args.kubeconfig,
+        kube_context=args.context,
     )
     ca, created = load_or_create_ca(options.ca_dir, trust_domain=options.trust_domain, now=_now())
     if created:

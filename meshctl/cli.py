@@ -18,8 +18,9 @@ import sys
 from typing import Sequence, TextIO
 
 from controlplane.errors import MeshError
+from controlplane.log import configure as configure_logging
 
-COMMAND_MODULES = ("meshctl.analyze",)
+COMMAND_MODULES = ("meshctl.analyze", "meshctl.up")
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -53,11 +54,16 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
         # argparse has printed usage errors to stderr, or --help to stdout, already.
         return int(exc.code or 0)
     args.stdout, args.stderr = out, err
+    # Library events are for servers; a CLI shows only warnings and errors, on stderr.
+    configure_logging(level="warning", stream=err)
     try:
         return int(args.run(args))
     except UsageError as exc:
         err.write(f"meshctl {args.command}: {exc}\n")
         return EXIT_USAGE
+    except MeshError as exc:
+        err.write(f"meshctl {args.command}: error: {exc}\n")
+        return EXIT_PROBLEMS
 
 
 if __name__ == "__main__":

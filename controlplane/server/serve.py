@@ -32,6 +32,14 @@ from controlplane.server.addresses import (
     split_address,
 )
 from controlplane.server.grpc_server import GrpcServer
+from controlplane.server.mesh import MeshRuntime, SourceSpec, load_local_addresses
+from controlplane.translate import translate
+from controlplane.model.types import MeshConfig
+from controlplane.xds.cache import SnapshotCache
+from controlplane.xds.debounce import DebounceSettings
+from controlplane.xds.metrics import XdsMetrics
+from controlplane.xds.server import AggregatedDiscoveryServer
+from envoy.service.discovery.v3 import ads_pb2_grpc
 from controlplane.server.tls import (
     ServingCredentials,
     ServingMaterial,
@@ -41,6 +49,17 @@ from controlplane.server.tls import (
 )
 
 log = get_logger("server")
+
+_xds_metrics: XdsMetrics | None = None
+
+
+def shared_xds_metrics() -> XdsMetrics:
+    """Return the process-wide xDS collectors; Prometheus allows each name once per registry."""
+    global _xds_metrics
+    if _xds_metrics is None:
+        _xds_metrics = XdsMetrics()
+    return _xds_metrics
+
 
 # The control plane's own certificate is short-lived because it is renewed in memory.
 SERVING_CERTIFICATE_TTL = timedelta(hours=12)
@@ -59,6 +78,14 @@ class ServeOptions:
     bootstrap_address: str | None = DEFAULT_BOOTSTRAP_ADDRESS
     admin_address: str = DEFAULT_ADMIN_ADDRESS
     shutdown_grace_seconds: float = 5.0
+    # Configuration source: "none", "files:DIR" or "kubernetes".
+    source: str = "none"
+    # Local mode: a JSON map of namespace/name to the workload's loopback address.
+    local_addresses: Path | None = None
+    kubeconfig: Path | None = None
+    kube_context: str | None = None
+    push_debounce_seconds: float = 0.1
+    push_max_delay_seconds: float = 1.0
 
 
 def load_or_create_ca(ca_dir: Path, *, trust_domain: str, now: datetime) -> tuple[CertificateAuthority, bool]:
@@ -107,10 +134,16 @@ class ControlPlane:
         issue_serving_material: Callable[[datetime], ServingMaterial],
         clock: Clock,
         shutdown_grace_seconds: float,
+        mesh: MeshRuntime | None = None,
+        cache: SnapshotCache | None = None,
+        ads: AggregatedDiscoveryServer | None = None,
     ) -> None:
         self.ca = ca
         self.grpc = grpc
         self.admin = admin
+        self.mesh = mesh
+        self.cache = cache
+        self.ads = ads
         self.credentials = credentials
         self._issue_serving_material = issue_serving_material
         self._clock = clock
@@ -119,6 +152,8 @@ class ControlPlane:
         self._started = False
 
     async def start(self) -> None:
+        if self.mesh is not None:
+            await self.mesh.start()
         await self.grpc.start()
         renewal = asyncio.create_task(
             keep_serving_certificate_fresh(self.credentials, self._issue_serving_material, clock=self._clock),
@@ -136,6 +171,10 @@ class ControlPlane:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.grpc.stop(self._grace)
+        if self.mesh is not None:
+            await self.mesh.stop()
+        if self.cache is not None:
+            await self.cache.close()
         await self.admin.stop()
 
     def ready(self) -> bool | str:
@@ -170,7 +209,7 @@ def build_control_plane(options: ServeOptions, ca: CertificateAuthority, *, cloc
         ca_pb2_grpc.add_CertificateServiceServicer_to_server,
         CertificateServicer(ca, attestor, clock=clock),
     )
-    # Configuration sources and the ADS server register here, on `grpc_server` and `admin`.
+    mesh, cache, ads = _build_mesh(options, ca, grpc_server, admin)
 
     control_plane = ControlPlane(
         ca=ca,
@@ -180,9 +219,48 @@ def build_control_plane(options: ServeOptions, ca: CertificateAuthority, *, cloc
         issue_serving_material=issue,
         clock=clock,
         shutdown_grace_seconds=options.shutdown_grace_seconds,
+        mesh=mesh,
+        cache=cache,
+        ads=ads,
     )
     admin.add_readiness_check("ca", control_plane.ready)
     return control_plane
+
+
+def _build_mesh(
+    options: ServeOptions, ca: CertificateAuthority, grpc_server: GrpcServer, admin: AdminServer
+) -> tuple[MeshRuntime, SnapshotCache, AggregatedDiscoveryServer]:
+    """Wire source -> model -> translator -> snapshot cache -> ADS, and their admin routes."""
+    source = SourceSpec.parse(options.source)
+    local_addresses = load_local_addresses(options.local_addresses) if options.local_addresses else None
+    kubernetes_configuration = None
+    if source.kind == "kubernetes":
+        from controlplane.sources.kubernetes import load_client_configuration
+
+        kubernetes_configuration = load_client_configuration(kubeconfig=options.kubeconfig, context=options.kube_context)
+
+    def trust_bundle_pem() -> bytes:
+        return ca.trust_bundle().to_pem().encode()
+
+    cache = SnapshotCache(
+        translate,
+        trust_bundle=trust_bundle_pem,
+        debounce=DebounceSettings(quiet=options.push_debounce_seconds, max_delay=options.push_max_delay_seconds),
+    )
+    ads = AggregatedDiscoveryServer(cache, metrics=shared_xds_metrics())
+    grpc_server.add_service(ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server, ads)
+    base_config = MeshConfig(trust_domain=ca.trust_domain, root_namespace=options.root_namespace)
+    mesh = MeshRuntime(
+        source,
+        base_config=base_config,
+        publish=cache.update,
+        local_addresses=local_addresses,
+        kubernetes_configuration=kubernetes_configuration,
+    )
+    admin.add_readiness_check("source", mesh.ready)
+    admin.add_json_route("/debug/syncz", lambda _request: {"proxies": ads.sync_status()})
+    admin.add_json_route("/debug/mesh", lambda _request: mesh.describe())
+    return mesh, cache, ads
 
 
 async def run(options: ServeOptions, ca: CertificateAuthority, *, clock: Clock, announce: Callable[[str], None]) -> None:

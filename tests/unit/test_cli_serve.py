@@ -109,7 +109,7 @@ def test_serve_lifecycle_from_first_start(serve_process, tmp_path):
 
     assert process.lines[0] == f"created a new CA for trust domain example.org in {tmp_path / 'ca'}\n"
     assert http_get(admin_port, "/healthz") == (200, "ok\n")
-    assert http_get(admin_port, "/readyz") == (200, "ready\nok: ca\n")
+    assert http_get(admin_port, "/readyz") == (200, "ready\nok: source\nok: ca\n")
 
     token = subprocess.run(
         [CONTROLPLANE, "token", "create", "--ca-dir", str(tmp_path / "ca"), "--spiffe-id", LEDGER],
