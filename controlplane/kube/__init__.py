@@ -1,0 +1,1 @@
+"""Kubernetes-mode duties of the control plane: leader election, the root ConfigMaps and policy status."""
