@@ -283,8 +283,9 @@ class FakeClock:
     def __init__(self, start: datetime | None = None) -> None:
         self.now = start or datetime(2030, 1, 1, tzinfo=UTC)
         self._changed = asyncio.Condition()
-        # How many coroutines are waiting in sleep() right now.
+        # How many coroutines are waiting in sleep() right now, and how many sleeps ever began.
         self.sleepers = 0
+        self.sleeps_started = 0
 
     def __call__(self) -> datetime:
         return self.now
@@ -293,15 +294,21 @@ class FakeClock:
         deadline = self.now + timedelta(seconds=seconds)
         async with self._changed:
             self.sleepers += 1
+            self.sleeps_started += 1
             try:
                 await self._changed.wait_for(lambda: self.now >= deadline)
             finally:
                 self.sleepers -= 1
 
-    async def advance(self, seconds: float) -> None:
+    async def advance(self, seconds: float, *, rounds: int = 0) -> None:
+        """Move the clock on, then wait until `rounds` more sleeps have begun (loops that woke and ran once)."""
+        target = self.sleeps_started + rounds
         async with self._changed:
             self.now += timedelta(seconds=seconds)
             self._changed.notify_all()
-        # Let the woken sleepers run up to their next await.
-        for _ in range(3):
-            await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BARRIER_TIMEOUT_SECONDS
+        while self.sleeps_started < target:
+            if loop.time() > deadline:
+                pytest.fail(f"timed out waiting for {rounds} loop round(s) after advancing the clock")
+            await asyncio.sleep(0.01)
