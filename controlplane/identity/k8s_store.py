@@ -12,8 +12,9 @@ directory stays while the CA is in use, because the join token key is read from 
 `LoadedCA.close()` removes it.
 
 Only the leader creates the CA. It generates the material locally and creates the Secret. If
-another replica created it first, the API server answers 409 AlreadyExists, and the leader
-discards its own material and loads the stored one, so racing replicas end with one CA.
+another replica created it first, the API server rejects the create with 409 AlreadyExists,
+and the leader discards its own material and loads the stored one, so racing replicas end
+with one CA.
 Key material is never logged: logs name the Secret and the root's serial number.
 """
 
