@@ -19,6 +19,19 @@ from controlplane.local.up import UpOptions, check_scenario, start_mesh, stop_me
 from meshctl.cli import EXIT_OK, EXIT_PROBLEMS, UsageError
 from meshctl.output import Column, add_output_argument, render
 
+
+def parse_duration(text: str) -> int:
+    """Read a duration such as 90s, 2m or 24h as whole seconds, for argparse."""
+    from controlplane.model.meshconfig import parse_duration as parse_seconds
+
+    try:
+        seconds = parse_seconds(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 90s, 10m or 24h") from exc
+    if seconds < 60:
+        raise argparse.ArgumentTypeError(f"{text!r} is shorter than the 1m minimum certificate lifetime")
+    return int(seconds)
+
 WORKLOAD_COLUMNS = (
     Column("WORKLOAD", "workload"),
     Column("IDENTITY", "identity"),
@@ -57,6 +70,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--run-dir", type=Path, default=None, help="folder for the CA, logs and sockets (default: a new temporary folder)")
     parser.add_argument("--ads", choices=("grpc", "delta"), default="grpc", help="ADS flavour the sidecars use: state of the world or delta (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=90.0, metavar="SECONDS", help="how long to wait for the mesh to be ready (default: %(default)s)")
+    parser.add_argument("--cert-ttl", type=parse_duration, default=0, metavar="DURATION", help="certificate lifetime for every sidecar, e.g. 2m or 24h (default: the mesh's defaultCertificateTTL)")
     parser.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info", help="log level of the control plane and agents")
     add_output_argument(parser, formats=("table", "wide", "json", "yaml"))
     parser.set_defaults(run=run)
@@ -74,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
         ads_type=args.ads,
         ready_timeout=args.timeout,
         log_level=args.log_level,
+        cert_ttl_seconds=args.cert_ttl,
     )
     try:
         return asyncio.run(_run(options, args))

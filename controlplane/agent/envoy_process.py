@@ -45,6 +45,11 @@ class EnvoyOptions:
     restart_cap: float = 30.0
     # A run at least this long counts as healthy and resets the restart backoff.
     healthy_run: float = 60.0
+    # Whole seconds Envoy keeps connections of a replaced listener open. A connection accepted
+    # before a listener update keeps that listener's filter chain, old RBAC included, until it
+    # closes, so a short drain is what makes a policy change bind pooled connections quickly.
+    # Envoy's own default is 600 s. The cost: long-lived connections end on any listener update.
+    drain_seconds: int = 1
     extra_args: tuple[str, ...] = ()
 
 
@@ -60,6 +65,8 @@ def envoy_command(options: EnvoyOptions) -> list[str]:
         "-c", str(options.bootstrap_path),
         "--disable-hot-restart",
         "--log-level", options.log_level,
+        "--drain-time-s", str(options.drain_seconds),
+        "--drain-strategy", "immediate",
     ]
     if options.log_path is not None:
         command += ["--log-path", str(options.log_path)]

@@ -73,6 +73,19 @@ class ProcessGroup:
         log.debug("local.process.started", child=name, pid=process.pid)
         return child
 
+    async def restart(self, name: str, *, kill: bool = False) -> Child:
+        """Stop the child called `name` (SIGKILL with `kill`, else gracefully) and start it again."""
+        child = next((c for c in self.children if c.name == name), None)
+        if child is None:
+            raise ProcessError(f"no child process named {name!r}", child=name)
+        if kill and child.running():
+            os.killpg(child.pid, signal.SIGKILL)
+            await child.process.wait()
+        else:
+            await _stop_child(child)
+        self.children.remove(child)
+        return await self.start(name, child.argv)
+
     def exited(self) -> list[Child]:
         """Children that have stopped on their own."""
         return [child for child in self.children if not child.running()]

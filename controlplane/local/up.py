@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -54,6 +55,8 @@ class UpOptions:
     ads_type: str = "grpc"
     ready_timeout: float = READY_TIMEOUT_SECONDS
     log_level: str = "info"
+    # Requested certificate lifetime in seconds for every sidecar; 0 keeps the CA's default.
+    cert_ttl_seconds: int = 0
     # Set by tests and by `meshctl up` to stop a running mesh; Ctrl-C also stops it.
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -68,6 +71,9 @@ class LocalMesh:
     processes: ProcessGroup
     admin_url: str
     grpc_address: str
+    # Unix socket paths are limited to 107 bytes, so sockets live in a short temporary folder
+    # rather than under the run folder, which can be deep.
+    socket_dir: Path
 
 
 def _python_tool(name: str) -> str:
@@ -148,7 +154,17 @@ async def _proxies_synced(session: aiohttp.ClientSession, admin_url: str, expect
     return expected <= synced
 
 
-def _agent_argv(workload: LocalWorkload, *, state: MeshState, grpc_address: str, ca_dir: Path, token_file: Path, workdir: Path, options: UpOptions) -> list[str]:
+def _agent_argv(
+    workload: LocalWorkload,
+    *,
+    state: MeshState,
+    grpc_address: str,
+    ca_dir: Path,
+    token_file: Path,
+    workdir: Path,
+    options: UpOptions,
+    sds_socket: Path,
+) -> list[str]:
     labels = ",".join(f"{k}={v}" for k, v in sorted(workload.labels.items()))
     return [
         _python_tool("mesh-agent"),
@@ -163,12 +179,13 @@ def _agent_argv(workload: LocalWorkload, *, state: MeshState, grpc_address: str,
         "--mode", "local",
         "--app-address", workload.app_address,
         "--labels", labels,
-        "--sds-socket", str(workdir / "sds.sock"),
+        "--sds-socket", str(sds_socket),
         "--bootstrap-out", str(workdir / "envoy.json"),
         "--envoy-admin-address", f"{workload.address}:{ENVOY_ADMIN_PORT}",
         "--health-address", f"{workload.address}:{AGENT_HEALTH_PORT}",
         "--ads-type", options.ads_type,
         "--log-level", options.log_level,
+        "--ttl", str(options.cert_ttl_seconds),
     ]
 
 
@@ -203,7 +220,8 @@ async def start_mesh(options: UpOptions, *, progress: TextIO = sys.stderr) -> Lo
     processes = ProcessGroup(log_dir=run_dir / "logs")
     grpc_address = f"{plan.control_plane_address}:{CONTROL_PLANE_GRPC_PORT}"
     admin_url = f"http://{plan.control_plane_address}:{ADMIN_PORT}"
-    mesh = LocalMesh(state, plan, run_dir, processes, admin_url, grpc_address)
+    socket_dir = Path(tempfile.mkdtemp(prefix="idmesh-"))
+    mesh = LocalMesh(state, plan, run_dir, processes, admin_url, grpc_address, socket_dir)
     deadline = time.monotonic() + options.ready_timeout
     try:
         done = _progress(progress, f"creating the mesh CA in {ca_dir}")
@@ -227,7 +245,7 @@ async def start_mesh(options: UpOptions, *, progress: TextIO = sys.stderr) -> Lo
             await _wait_until("the control plane", lambda: _http_ok(session, f"{admin_url}/readyz"), processes=processes, deadline=deadline)
             done()
 
-            for workload in plan.workloads:
+            for index, workload in enumerate(plan.workloads):
                 done = _progress(progress, f"starting {workload.key} on {workload.address}")
                 await processes.start(f"{workload.key}-app", [
                     sys.executable, "-m", "controlplane.local.demo_app",
@@ -245,6 +263,7 @@ async def start_mesh(options: UpOptions, *, progress: TextIO = sys.stderr) -> Lo
                     await processes.start(workload.key, _agent_argv(
                         workload, state=state, grpc_address=grpc_address, ca_dir=ca_dir,
                         token_file=token_file, workdir=workdir, options=options,
+                        sds_socket=socket_dir / f"{index}.sock",
                     ))
                 done("started")
 
@@ -270,13 +289,14 @@ async def start_mesh(options: UpOptions, *, progress: TextIO = sys.stderr) -> Lo
                     )
             done()
     except BaseException:
-        await processes.stop()
+        await stop_mesh(mesh)
         raise
     return mesh
 
 
 async def stop_mesh(mesh: LocalMesh) -> None:
     await mesh.processes.stop()
+    shutil.rmtree(mesh.socket_dir, ignore_errors=True)
 
 
 def workload_rows(mesh: LocalMesh) -> list[dict[str, str]]:
