@@ -136,8 +136,10 @@ def _values(args: argparse.Namespace) -> InstallValues:
 
 def _install(args: argparse.Namespace, base: list[dict[str, Any]], stdout: Any, progress: Callable[[str], None]) -> int:
     values = _values(args)
+    # Rendering checks every value, so bad settings fail before any cluster is contacted.
+    objects = render(base, values)
     if args.dry_run:
-        stdout.write(to_yaml(render(base, values)))
+        stdout.write(to_yaml(objects))
         progress(f"dry run: the CA Secret {values.ca_source.secret_name} and the webhook's caBundle are not shown; "
                  "they come from the cluster at install time")
         return EXIT_OK
