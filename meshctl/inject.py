@@ -2,8 +2,8 @@
 
 Pods and the pod templates of Deployments, StatefulSets, DaemonSets, ReplicaSets,
 ReplicationControllers, Jobs and CronJobs go through the same `inject_pod` as the admission
-webhook; every other object passes through unchanged. Injection is idempotent, so running the
-command on its own output changes nothing. Comments and key order of the input YAML are not kept.
+webhook. Every other object passes through unchanged. Injection is idempotent, so running the
+command on its own output changes nothing. Comments and quoting of the input YAML are not kept.
 
 Namespace labels come from a Namespace object in the same input, else from
 `--namespace-labels`, else the namespace counts as unlabelled. One line per pod-bearing object
@@ -25,7 +25,7 @@ from controlplane.injector.settings import InjectionSettings
 from controlplane.injector.template import inject_pod
 from meshctl.cli import EXIT_OK, UsageError
 
-# Where each workload kind keeps its pod template; () is the object itself.
+# Path of the pod template inside each workload kind; () is the object itself.
 POD_TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {
     "Pod": (),
     "Deployment": ("spec", "template"),

@@ -1,6 +1,6 @@
 """`admission.k8s.io/v1` AdmissionReview in, AdmissionReview out: the webhook's pure core.
 
-Two kinds of bad input are told apart on purpose:
+Two kinds of bad input are handled differently on purpose:
 
 - A body that is not an AdmissionReview at all (not JSON, another apiVersion or kind, no
   `request`, no `request.uid`) raises `AdmissionReviewError`, which the server returns as HTTP

@@ -1,7 +1,7 @@
 """Apply the sidecar template to one pod (or pod template): a pure function shared by the
 admission webhook and `meshctl inject`.
 
-The result holds the patched pod and the RFC 6902 JSON Patch that turns the input into it.
+The result contains the patched pod and the RFC 6902 JSON Patch that turns the input into it.
 Only "add" operations are used, so the patch never touches what the pod already had.
 Injection is idempotent: a pod that carries `idmesh.io/status`, or already has a container
 named like ours, is returned unchanged with an empty patch.
@@ -53,9 +53,9 @@ def inject_pod(
 ) -> InjectionResult:
     """Decide and apply injection for `pod`, a Pod or the `template` of a workload.
 
-    `owner_kind` names the workload kind for messages ("Deployment" for its pod template), and
-    `workload` its name; without it the name comes from the pod's controller reference.
-    `pod` is not modified.
+    `owner_kind` names the workload kind for messages ("Deployment" for its pod template).
+    `workload` is the workload's name; without it the name comes from the pod's controller
+    reference. `pod` is not modified.
     """
     metadata = pod.get("metadata") or {}
     spec = pod.get("spec") or {}

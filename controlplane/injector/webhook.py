@@ -102,7 +102,10 @@ class InjectorWebhook:
         return web.json_response(await self.review(admission))
 
     async def review(self, admission: Mapping[str, Any]) -> dict[str, Any]:
-        """Answer one parsed admission request; never raises, every failure allows the pod unchanged."""
+        """Build the response to one parsed admission request.
+
+        Never raises, because every failure admits the pod unchanged.
+        """
         uid = str(admission["uid"])
         parsed = pod_request(admission)
         if isinstance(parsed, str):

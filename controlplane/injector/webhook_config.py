@@ -29,7 +29,7 @@ def mutating_webhook_configuration(
     timeout_seconds: int = 10,
     object_selector: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build the configuration object; `ca_bundle_pem` holds the roots that signed the webhook's certificate.
+    """Build the configuration object; `ca_bundle_pem` contains the roots that signed the webhook's certificate.
 
     The namespace selector leaves out namespaces labelled `idmesh.io/injection=disabled`, so the
     API server does not even call the webhook for them. It cannot select on pod annotations,

@@ -27,7 +27,7 @@ MAX_DUPLICATE_JUMPS = 32
 
 
 class IptablesError(MeshError):
-    """An iptables command that failed; `command`, `returncode` and `stderr` say which and how."""
+    """A failed iptables command, with its `command`, `returncode` and `stderr`."""
 
 
 def _run(argv: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:

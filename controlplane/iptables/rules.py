@@ -60,7 +60,7 @@ class CaptureConfigError(ConfigError, ValueError):
 
 @dataclass(frozen=True, slots=True)
 class CaptureSettings:
-    """What the sidecar captures. Ports are TCP destination ports; ranges are CIDRs."""
+    """Capture settings of one pod. Ports are TCP destination ports, and ranges are CIDRs."""
 
     proxy_uid: int = PROXY_UID
     proxy_gid: int = PROXY_GID

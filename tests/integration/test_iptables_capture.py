@@ -1,8 +1,8 @@
 """The capture rules installed for real by `idmesh-iptables` in network namespaces the test creates.
 
 Two namespaces joined by a veth pair stand in for a pod (192.0.2.1, 2001:db8::1) and a peer
-outside it (192.0.2.2, 2001:db8::2); both addresses are documentation ranges that exist only
-inside these namespaces. Listeners answer each connection with their tag and the connection's
+outside it (192.0.2.2, 2001:db8::2). Both are documentation addresses, which exist only inside
+these namespaces. Listeners answer each connection with their tag and the connection's
 original destination (SO_ORIGINAL_DST), so each assert shows where a connection landed.
 """
 
@@ -27,7 +27,7 @@ POD_V6, PEER_V6 = "2001:db8::1", "2001:db8::2"
 PROXY_UID = 1337
 COMMAND_TIMEOUT = 20
 
-# Listens on every (family, port, tag) given as JSON in argv[1]; answers each connection with
+# Listens on every (family, port, tag) given as JSON in argv[1] and replies to each connection with
 # "<tag> <original destination>" and closes it. The original destination comes from
 # SO_ORIGINAL_DST, or from the socket's own address where conntrack has no entry. Exits by itself after 300 s.
 LISTENER = r"""

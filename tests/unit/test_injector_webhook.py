@@ -70,7 +70,7 @@ class Client:
 
 @pytest.fixture
 def namespaces():
-    """Namespace labels the webhook's lookup sees; tests set the entry for `shop`."""
+    """Namespace labels returned by the webhook's lookup; tests set the entry for `shop`."""
     return {}
 
 
