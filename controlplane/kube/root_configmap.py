@@ -1,10 +1,10 @@
 """Publish the trust bundle as ConfigMap `idmesh-root-cert` (key `root-cert.pem`) in every namespace.
 
 Pods mount this ConfigMap to verify the control plane before they have a certificate of their
-own. `RootCertPublisher.run` is a leader duty (see `leader.run_while_leading`): it watches
-Namespaces and every ConfigMap named `idmesh-root-cert`, and brings a namespace's ConfigMap
-back to the current bundle when the namespace appears, when the bundle changes
-(`set_bundle`), when someone edits or deletes the ConfigMap, and on a periodic resync.
+own. `RootCertPublisher.run` is a leader duty (see `leader.run_while_leading`) that watches
+Namespaces and every ConfigMap named `idmesh-root-cert`. It rewrites a namespace's ConfigMap
+with the current bundle when the namespace appears, when the bundle changes (`set_bundle`),
+when someone edits or deletes the ConfigMap, and on a periodic resync.
 
 Namespaces that are terminating are skipped, because the API server refuses new objects in them.
 """
