@@ -7,9 +7,9 @@
 - optimistic concurrency: a PATCH whose body carries `metadata.resourceVersion` is refused with
   HTTP 409 Conflict when the stored object has another version, as a real API server does, so
   two writers that read the same version cannot both succeed;
-- TokenReview answered from tokens signed by `TokenIssuer`, checking the signature, the
-  validity period, the issuer and the audience, and answering with `status.authenticated`,
-  `status.user` (username, uid, groups, extra) and `status.audiences` or `status.error` as
+- TokenReview of tokens signed by `TokenIssuer`: the emulator checks the signature, the
+  validity period, the issuer and the audience, and returns `status.authenticated`,
+  `status.user` (username, uid, groups, extra) and `status.audiences`, or `status.error`, as
   the real API does. NOTE: the real API server also checks that the bound pod and the service
   account still exist. This emulator leaves that out, so the tests exercise the attestor's own
   pod checks;
@@ -174,7 +174,7 @@ class WriteBarrier:
 @attrs.define(kw_only=True)
 class MeshApiEmulator(ApiEmulator):
     token_issuer: TokenIssuer = attrs.field(factory=TokenIssuer)
-    # How many TokenReviews the emulator has answered.
+    # How many TokenReviews the emulator has served.
     token_reviews: int = 0
     # How many writes of each plural were refused with 409 because of a stale resourceVersion.
     conflicts: collections.Counter[str] = attrs.field(factory=collections.Counter)
