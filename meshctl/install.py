@@ -103,7 +103,7 @@ add_parser = register
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run `install` or `uninstall` as `args.command` says; return the exit code."""
+    """Run the command that `args.command` names (`install` or `uninstall`); return the exit code."""
     stdout, stderr = args.stdout, args.stderr
 
     def progress(line: str) -> None:

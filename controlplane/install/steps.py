@@ -1,10 +1,9 @@
 """The order of an install and an uninstall, on top of the requests in `cluster`.
 
-Install: every object up to the Namespace's contents that the CA Secret needs, then the CA
-Secret (created when generated and missing), then the workloads with the webhook's caBundle
-taken from that Secret, then a wait for the Deployment, and the webhook last. Registering the
-webhook only after the control plane is ready means that, with failurePolicy Fail, a failed
-install never leaves a webhook that blocks pod creation.
+An install applies the CRDs, the Namespace, RBAC and the mesh ConfigMap first. Then it makes
+sure the CA Secret exists, which needs its Namespace. The workloads follow, with the webhook's
+caBundle taken from that Secret. After the wait for the Deployment, the webhook comes last: with
+failurePolicy Fail, a failed install then never leaves a webhook that blocks pod creation.
 """
 
 from __future__ import annotations

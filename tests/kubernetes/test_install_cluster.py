@@ -64,7 +64,7 @@ READERS = {
 
 
 async def read(kube: Kube, obj: dict[str, Any]) -> dict[str, Any] | None:
-    """GET the object with the client's generated read method; None when the API answers 404."""
+    """GET the object with the client's generated read method; None when the API returns 404."""
     api_class, method = READERS[obj["kind"]]
     reader = getattr(getattr(kubernetes.client, api_class)(kube.api_client), method)
     args = [obj["metadata"]["name"]]
