@@ -1,4 +1,4 @@
-"""Single requests through the official client's generated API methods, answered as raw JSON.
+"""Single requests through the official client's generated API methods, returned as raw JSON.
 
 Responses are read with `_preload_content=False` and parsed here, so callers get the object as
 the API server sent it rather than a typed model. Every failure leaves this module as
