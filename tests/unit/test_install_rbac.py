@@ -63,8 +63,9 @@ def test_configmap_changes_are_limited_to_root_cert(objects):
 
 def test_leases_are_named_and_namespaced(objects):
     assert not [rule for rule in rules(objects, "ClusterRole") if "leases" in rule["resources"]]
-    (update,) = grants(rules(objects, "Role"), "coordination.k8s.io", "leases", "update")
-    assert update["resourceNames"] == ["idmesh-controlplane"]
+    for verb in ("get", "update", "patch"):
+        (rule,) = grants(rules(objects, "Role"), "coordination.k8s.io", "leases", verb)
+        assert rule["resourceNames"] == ["idmesh-controlplane"]
 
 
 def test_webhook_patch_is_limited_to_the_injector(objects):
