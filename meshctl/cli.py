@@ -20,7 +20,7 @@ from typing import Sequence, TextIO
 from controlplane.errors import MeshError
 from controlplane.log import configure as configure_logging
 
-COMMAND_MODULES = ("meshctl.analyze", "meshctl.inject", "meshctl.up")
+COMMAND_MODULES = ("meshctl.analyze", "meshctl.inject", "meshctl.install", "meshctl.up")
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
