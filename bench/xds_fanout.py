@@ -1,11 +1,11 @@
 """Fan-out of one configuration change to N ADS clients over mTLS.
 
-Starts the ADS server in a child process on loopback (so its resident memory can be read from
-/proc), connects N simulated SotW clients from this process with grpc.aio, each with its own
-X.509-SVID, waits until every client has ACKed its initial configuration, then applies one change
-that affects all of them (a cluster setting and the route body, so CDS, EDS and RDS are pushed)
-and measures, per client, the time from the change to its ACK of the new routes. The debounce
-(default 100 ms quiet) is part of that time.
+The ADS server runs in a child process on loopback, so its resident memory can be read from
+/proc. This process connects N simulated SotW clients with grpc.aio, each with its own X.509-SVID,
+and waits until every client has ACKed its initial configuration. It then applies one change that
+affects all of them (a cluster setting and the route body, so CDS, EDS and RDS are pushed). For
+each client it measures the time from the change to the client's ACK of the new routes. The
+debounce (default 100 ms quiet) is part of that time.
 
 Prints one line: N, p50 and p99 of change-to-ACK, and the server's resident memory growth per
 connected proxy.

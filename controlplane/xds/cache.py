@@ -1,9 +1,9 @@
 """The snapshot cache: one configuration per proxy group, shared by every stream in the group.
 
 Proxies with equal `Proxy.group_key` get the same configuration, so the translator runs once per
-group and the serialized resources are shared. `update(state)` is debounced; when it fires, each
-group with connected proxies is translated again and its watchers are notified only if some
-resource's serialized bytes changed.
+group and the serialized resources are shared. `update(state)` is debounced. When it fires, each
+group with connected proxies is translated again. Its watchers are notified only if the serialized
+bytes of some resource changed.
 
 Secrets: the cache adds `ROOTCA` (the trust bundle as a validation context) to every snapshot and
 passes on translator secrets only when they are validation contexts too. A secret holding a

@@ -1,8 +1,8 @@
 """The grpc.aio servicer for `envoy.service.discovery.v3.AggregatedDiscoveryService`.
 
-A thin adapter: it authenticates the stream, builds the `Proxy`, registers a watch on the
-snapshot cache and feeds requests and snapshots to the pure stream state machine, writing the
-responses it returns and turning its events into logs and metrics.
+A thin adapter. It authenticates the stream, builds the `Proxy` and registers a watch on the
+snapshot cache. It then feeds requests and snapshots to the pure stream state machine, writes the
+responses it returns, and turns its events into logs and metrics.
 
 Authentication: the peer identity comes from the client certificate that TLS verified (the
 `peer_identity` callable). No client SVID: UNAUTHENTICATED. Node metadata NAMESPACE or
@@ -98,6 +98,10 @@ class AggregatedDiscoveryServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer)
 
     def add_to(self, server: grpc.aio.Server) -> None:
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, server)
+
+    def connections(self) -> tuple[Connection, ...]:
+        """Return the open streams, sorted by node id, for the admin API to inspect."""
+        return tuple(sorted(self._connections, key=lambda c: c.proxy.node_id))
 
     def sync_status(self) -> list[dict[str, Any]]:
         """Return the sync state of every connected proxy, sorted by node id."""

@@ -53,7 +53,7 @@ RETAINED_TYPES = (CLUSTER, ENDPOINT)
 
 
 class XdsProtocolError(XdsError):
-    """A request that breaks the xDS protocol; `type_url` and `node_id` say where."""
+    """A request that breaks the xDS protocol; `type_url` and `node_id` identify the stream."""
 
 
 class Phase(enum.Enum):
@@ -113,7 +113,7 @@ Event = ResponseSent | Acked | Nacked | StaleNonceIgnored
 
 @dataclass(slots=True)
 class Outcome:
-    """What the adapter must do after one input: send `responses` in order, report `events`."""
+    """Responses to send in order, and events to report, after one input."""
 
     responses: list[Message] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
@@ -161,7 +161,7 @@ class TypeState:
     nack: Nack | None = None
     # Names to send again even if unchanged: newly subscribed, or EDS after a cluster change.
     forced: set[str] = field(default_factory=set)
-    # A new wildcard subscription is answered even when it selects nothing.
+    # A new wildcard subscription gets a response even when it selects nothing.
     must_respond: bool = False
     dirty_since: float | None = None
 
@@ -274,7 +274,7 @@ class BaseStream:
         raise NotImplementedError
 
     def _routing_settled(self) -> bool:
-        """Whether the client ACKed listeners and routes equal to the current snapshot."""
+        """Check whether the client ACKed listeners and routes equal to the current snapshot."""
         for type_url in (LISTENER, ROUTE):
             state = self.types[type_url]
             if state.phase is Phase.UNREQUESTED:

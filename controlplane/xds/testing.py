@@ -156,7 +156,7 @@ def load_assignment(name: str, *endpoints: tuple[str, int]) -> endpoint_pb2.Clus
 def http_listener(
     name: str, *, port: int, route_name: str, host: str = "127.0.0.1", chains: int = 1
 ) -> listener_pb2.Listener:
-    """An HTTP listener whose routes come from RDS; `chains=2` makes a duplicate filter chain."""
+    """Build an HTTP listener whose routes come from RDS; `chains=2` duplicates its filter chain."""
     manager = hcm_pb2.HttpConnectionManager(stat_prefix=name)
     manager.rds.route_config_name = route_name
     manager.rds.config_source.CopyFrom(ads_source())
@@ -172,7 +172,7 @@ def http_listener(
 
 
 def direct_response_route(name: str, body: str, *, cluster: str = "") -> route_pb2.RouteConfiguration:
-    """A route config answering 200 with `body` on `/`, and routing `/upstream` to `cluster`."""
+    """Build a route config that returns 200 with `body` on `/` and sends `/upstream` to `cluster`."""
     config = route_pb2.RouteConfiguration(name=name)
     host: route_components_pb2.VirtualHost = config.virtual_hosts.add(name="all", domains=["*"])
     if cluster:

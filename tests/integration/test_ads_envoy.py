@@ -295,8 +295,8 @@ async def test_envoy_receives_config_and_changes(control_plane, envoy, authority
     dump = await asyncio.to_thread(envoy.config_dump)
     assert active_cluster(dump, "backend")["connect_timeout"] == "1s"
 
-    # Route body and cluster settings change; the endpoints stay the same, so the cluster only
-    # leaves warming if the server sends a fresh load assignment after CDS.
+    # The route body and a cluster setting change, but the endpoints do not. The cluster leaves
+    # warming only if the server sends a fresh load assignment after CDS.
     control_plane.translator.config = config(listener_port, "v2", timeout_ms=2000)
     control_plane.cache.update(MeshState())
 
@@ -320,7 +320,7 @@ async def test_envoy_receives_config_and_changes(control_plane, envoy, authority
 
 
 @pytest.mark.parametrize("api_type", API_TYPES)
-async def test_bad_listener_is_nacked_and_old_listener_keeps_serving(control_plane, envoy, authority, api_type):
+async def test_bad_listener_nacked_old_one_serves(control_plane, envoy, authority, api_type):
     listener_port = free_port()
     control_plane.translator.config = config(listener_port, "v1")
     await control_plane.start()

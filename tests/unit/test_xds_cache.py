@@ -18,7 +18,7 @@ BUNDLE = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
 
 
 class ManualTime:
-    """A clock and sleep that advance only when the test says so."""
+    """A clock and sleep that move only when the test calls `advance`."""
 
     def __init__(self) -> None:
         self.now = 0.0

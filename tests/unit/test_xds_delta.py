@@ -71,7 +71,7 @@ def synced_stream(snapshot=None):
     return stream
 
 
-def test_initial_wildcard_request_sends_every_cluster_with_its_version():
+def test_wildcard_sends_versioned_clusters():
     snapshot = snap(clusters=("c1", "c2"))
     stream = DeltaStream(ids=IdSource("e1"), snapshot=snapshot)
 
@@ -192,7 +192,7 @@ def test_removed_cluster_goes_last_after_routes_are_acked():
     assert (endpoints.type_url, list(endpoints.removed_resources)) == (ENDPOINT, ["c2"])
 
 
-def test_cluster_change_is_followed_by_the_same_load_assignment():
+def test_cluster_change_resends_same_assignment():
     stream = synced_stream()
     snapshot = snap(seen_at=2.0, timeout_ms=2000)
 
@@ -203,7 +203,7 @@ def test_cluster_change_is_followed_by_the_same_load_assignment():
     assert digest(snapshot, ENDPOINT, "c1") == digest(snap(), ENDPOINT, "c1")
 
 
-def test_initial_resource_versions_after_the_first_request_is_a_protocol_error():
+def test_late_initial_versions_rejected():
     stream = synced_stream()
 
     with pytest.raises(XdsProtocolError, match="initial_resource_versions after the first"):

@@ -122,7 +122,7 @@ async def test_service_account_claim_must_match_the_certificate(authority):
     assert "metadata SERVICE_ACCOUNT is 'admin'" in caught.value.details()
 
 
-async def test_nack_is_logged_once_counted_and_shown_in_sync_state(authority):
+async def test_nack_logged_once_and_counted(authority):
     async with serving(authority) as (ads, registry, port):
         async with tls_channel(authority, port, "spiffe://cluster.local/ns/payments/sa/ledger") as channel:
             client = Client(channel)

@@ -293,7 +293,7 @@ def test_new_subscription_resends_already_sent_resources():
     assert names_in(response) == ["c1", "c2"]
 
 
-def test_empty_names_after_explicit_names_unsubscribe_instead_of_wildcard():
+def test_empty_names_after_explicit_unsubscribe_all():
     stream = SotwStream(ids=IdSource("e1"), snapshot=snap())
     (first,) = stream.receive(request(CLUSTER), now=1.0).responses
     assert stream.types[CLUSTER].wildcard
