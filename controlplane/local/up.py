@@ -28,6 +28,7 @@ from controlplane.local.processes import ProcessGroup, ProcessError
 from controlplane.local.runner import run_calls
 from controlplane.local.scenario import Verdict, parse_scenario
 from controlplane.model.types import MeshState
+from controlplane.server.addresses import DEFAULT_BOOTSTRAP_ADDRESS, split_address
 from controlplane.translate.resources import (
     ADMIN_PORT,
     AGENT_HEALTH_PORT,
@@ -237,6 +238,9 @@ async def start_mesh(options: UpOptions, *, progress: TextIO = sys.stderr) -> Lo
             "--source", f"files:{options.folder.resolve()}",
             "--local-addresses", str(addresses_file),
             "--grpc-address", grpc_address,
+            # Local agents get their first certificate on the mutual TLS port with a join token;
+            # binding the bootstrap port on the mesh's own address keeps parallel meshes apart.
+            "--bootstrap-address", f"{plan.control_plane_address}:{split_address(DEFAULT_BOOTSTRAP_ADDRESS)[1]}",
             "--admin-address", f"{plan.control_plane_address}:{ADMIN_PORT}",
             "--log-level", options.log_level,
             "--log-format", "json",

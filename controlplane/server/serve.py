@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from controlplane.admin import AdminServer
+from controlplane.admin.debug import register_debug_routes
 from controlplane.api import ca_pb2_grpc
 from controlplane.identity.ca import CA_FILES, CertificateAuthority
 from controlplane.identity.join_token import JoinTokenIssuer, load_join_token_key
@@ -258,8 +259,7 @@ def _build_mesh(
         kubernetes_configuration=kubernetes_configuration,
     )
     admin.add_readiness_check("source", mesh.ready)
-    admin.add_json_route("/debug/syncz", lambda _request: {"proxies": ads.sync_status()})
-    admin.add_json_route("/debug/mesh", lambda _request: mesh.describe())
+    register_debug_routes(admin, mesh=mesh, cache=cache, ads=ads, ca=ca)
     return mesh, cache, ads
 
 
