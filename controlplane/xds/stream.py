@@ -30,6 +30,18 @@ import enum
 from dataclasses import dataclass, field
 from typing import Callable
 
+__all__ = [
+    "Acked",
+    "BaseStream",
+    "Event",
+    "Nacked",
+    "Outcome",
+    "ResponseSent",
+    "SotwStream",
+    "StaleNonceIgnored",
+    "XdsProtocolError",
+]
+
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf.message import Message
 
@@ -41,6 +53,14 @@ from controlplane.translate.resources import (
     PUSH_ORDER,
     ROUTE,
     SHORT_NAMES,
+)
+from controlplane.xds.events import (
+    Acked,
+    Event,
+    Nacked,
+    Outcome,
+    ResponseSent,
+    StaleNonceIgnored,
 )
 from controlplane.xds.snapshot import Resource, Snapshot
 from controlplane.xds.versions import IdSource
@@ -72,56 +92,6 @@ class SyncStatus(str, enum.Enum):
     SYNCED = "SYNCED"  # the client ACKed everything it should have
     STALE = "STALE"  # a response is in flight or changes wait to be sent
     NACKED = "NACKED"  # the client rejected the latest response
-
-
-@dataclass(frozen=True, slots=True)
-class ResponseSent:
-    type_url: str
-    version: str
-    nonce: str
-    names: tuple[str, ...]
-    removed: tuple[str, ...]
-    size: int
-
-
-@dataclass(frozen=True, slots=True)
-class Acked:
-    type_url: str
-    version: str
-    nonce: str
-    # Seconds from the change being seen (or the request that asked for it) to this ACK.
-    latency: float
-
-
-@dataclass(frozen=True, slots=True)
-class Nacked:
-    type_url: str
-    rejected_version: str
-    kept_version: str
-    nonce: str
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
-class StaleNonceIgnored:
-    type_url: str
-    nonce: str
-
-
-Event = ResponseSent | Acked | Nacked | StaleNonceIgnored
-
-
-@dataclass(slots=True)
-class Outcome:
-    """Responses to send in order, and events to report, after one input."""
-
-    responses: list[Message] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-
-    def extend(self, other: Outcome) -> Outcome:
-        self.responses.extend(other.responses)
-        self.events.extend(other.events)
-        return self
 
 
 @dataclass(frozen=True, slots=True)
