@@ -27,6 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from controlplane.local.up import UpOptions, start_mesh, stop_mesh  # noqa: E402
+from controlplane.log import configure  # noqa: E402
 from controlplane.translate.resources import OUTBOUND_CAPTURE_PORT  # noqa: E402
 
 
@@ -86,6 +87,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=2000, help="requests per path (default: %(default)s)")
     args = parser.parse_args()
+    configure(level="warning")
     print(asyncio.run(run(args.requests)))
     return 0
 
