@@ -1,4 +1,4 @@
-"""What one input to an xDS stream produces: responses to send and events to report."""
+"""Responses and events that one input to an xDS stream produces."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ class Acked:
     type_url: str
     version: str
     nonce: str
-    # Seconds from the change being seen (or the request that asked for it) to this ACK.
+    # Seconds from the change being seen (or the request that subscribed) to this ACK.
     latency: float
 
 
