@@ -1,7 +1,7 @@
 """Attest a workload with its projected ServiceAccount token, checked by the Kubernetes API.
 
 The agent sends the pod's projected token (audience `idmesh` by default) as
-`authorization: Bearer <token>`. `KubernetesTokenAttestor` asks the API server about it with a
+`authorization: Bearer <token>`. `KubernetesTokenAttestor` sends it to the API server in a
 TokenReview that names the mesh's audience, so the API server checks the signature, the
 validity period and the audience. The attestor then requires:
 
@@ -86,7 +86,7 @@ def _unverified_claims(token: str) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class ReviewedToken:
-    """What an accepted token proved, kept in the cache until `expires`."""
+    """The identity and pod an accepted token proved, cached until `expires`."""
 
     identity: SpiffeId
     namespace: str
@@ -190,6 +190,7 @@ class KubernetesTokenAttestor:
                 f"project the token with audience {self._audience!r}",
                 "wrong-audience",
             )
+
         user = status.get("user") or {}
         namespace, service_account = self._service_account(user.get("username", ""))
         extra = user.get("extra") or {}
@@ -201,6 +202,7 @@ class KubernetesTokenAttestor:
                 "ServiceAccount token, not a long-lived Secret token",
                 "not-pod-bound", namespace=namespace, service_account=service_account,
             )
+
         pod = self._get_pod(namespace, pod_name)
         node_name = self._check_pod(pod, namespace=namespace, service_account=service_account, pod_uid=pod_uid,
                                     token_node=_single_extra(extra, EXTRA_NODE_NAME))
@@ -209,6 +211,7 @@ class KubernetesTokenAttestor:
         except SpiffeIdError as exc:
             raise _rejected(f"{namespace}/{service_account} is not a valid SPIFFE ID path: {exc}", "invalid-identity",
                             namespace=namespace, service_account=service_account) from exc
+
         expires = now + self._cache_ttl
         if isinstance(claims.get("exp"), int):
             expires = min(expires, datetime.fromtimestamp(claims["exp"], tz=UTC))

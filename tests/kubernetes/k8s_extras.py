@@ -89,6 +89,13 @@ class TokenIssuer:
             binding["node"] = {"name": node_name, "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, node_name))}
         return self._sign(f"system:serviceaccount:{namespace}:{account}", audiences, issued_at, ttl, binding)
 
+    def mint_unbound(self, namespace: str, service_account: str, *, audiences: tuple[str, ...] = ("idmesh",)) -> str:
+        """Return a service account token bound to no pod, like a token from a TokenRequest without a binding."""
+        account = {"name": service_account, "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{namespace}/{service_account}"))}
+        binding = {"namespace": namespace, "serviceaccount": account}
+        subject = f"system:serviceaccount:{namespace}:{service_account}"
+        return self._sign(subject, audiences, None, timedelta(hours=1), binding)
+
     def mint_user_token(self, username: str, *, audiences: tuple[str, ...] = ("idmesh",)) -> str:
         """Return a token for a user that is not a service account, as an OIDC issuer would sign it."""
         return self._sign(username, audiences, None, timedelta(hours=1), None)
@@ -138,11 +145,10 @@ def _user_info(claims: dict[str, Any]) -> dict[str, Any]:
     if binding is None:
         return {"username": claims["sub"], "groups": ["system:authenticated"]}
     namespace = binding["namespace"]
-    extra = {
-        "authentication.kubernetes.io/pod-name": [binding["pod"]["name"]],
-        "authentication.kubernetes.io/pod-uid": [binding["pod"]["uid"]],
-        "authentication.kubernetes.io/credential-id": [f"JTI={claims['jti']}"],
-    }
+    extra = {"authentication.kubernetes.io/credential-id": [f"JTI={claims['jti']}"]}
+    if "pod" in binding:
+        extra["authentication.kubernetes.io/pod-name"] = [binding["pod"]["name"]]
+        extra["authentication.kubernetes.io/pod-uid"] = [binding["pod"]["uid"]]
     if "node" in binding:
         extra["authentication.kubernetes.io/node-name"] = [binding["node"]["name"]]
         extra["authentication.kubernetes.io/node-uid"] = [binding["node"]["uid"]]

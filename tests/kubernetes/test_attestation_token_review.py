@@ -113,6 +113,15 @@ async def test_user_token_rejected(attestor, token_issuer):
     assert "it authenticates 'alice@example.com', which is not a service account" in error.message
 
 
+async def test_token_without_pod_binding_rejected(attestor, token_issuer):
+    token = token_issuer.mint_unbound("payments", "ledger")
+
+    error = await rejection(attestor, bearer(token))
+
+    assert error.reason == "not-pod-bound"
+    assert "the token of payments/ledger is not bound to a pod" in error.message
+
+
 async def test_service_account_mismatch_rejected(attestor, kube, token_issuer):
     pod = await create_pod(kube, "payments", "ledger-0", service_account="ledger")
     token = token_issuer.mint(pod=pod, service_account="admin")
