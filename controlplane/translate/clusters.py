@@ -162,8 +162,13 @@ def plan_outbound(state: MeshState, index: MeshIndex) -> list[OutboundTarget]:
     return sorted(targets, key=lambda target: target.cluster)
 
 
-def outbound_cluster(target: OutboundTarget, *, connect_timeout: float) -> cluster_pb2.Cluster:
-    """`outbound|<port>||<host>`: an EDS cluster originating mTLS to mesh endpoints."""
+def outbound_cluster(
+    target: OutboundTarget, *, connect_timeout: float, source_address: str | None = None
+) -> cluster_pb2.Cluster:
+    """`outbound|<port>||<host>`: an EDS cluster originating mTLS to mesh endpoints.
+
+    `source_address`, when given, is the local address upstream connections bind to.
+    """
     cluster = cluster_pb2.Cluster(
         name=target.cluster,
         type=ClusterType.EDS,
@@ -174,6 +179,10 @@ def outbound_cluster(target: OutboundTarget, *, connect_timeout: float) -> clust
             )
         ),
     )
+    if source_address is not None:
+        cluster.upstream_bind_config.source_address.CopyFrom(
+            address_pb2.SocketAddress(address=source_address, port_value=0)
+        )
     http2 = uses_http2(target.port.mesh_protocol)
     if http2:
         _set_http2(cluster)

@@ -109,12 +109,15 @@ def _virtual_host(target: OutboundTarget, domains: list[str]) -> route_component
     )
 
 
-def _add_clusters(result: OutboundResult, targets: list[OutboundTarget], options: TranslateOptions) -> None:
+def _add_clusters(
+    result: OutboundResult, targets: list[OutboundTarget], options: TranslateOptions, *, source_address: str | None
+) -> None:
     for target in targets:
         origin = str(target.service.ref)
-        result.clusters.append(
-            Built(target.cluster, outbound_cluster(target, connect_timeout=options.connect_timeout_seconds), origin)
+        cluster = outbound_cluster(
+            target, connect_timeout=options.connect_timeout_seconds, source_address=source_address
         )
+        result.clusters.append(Built(target.cluster, cluster, origin))
         result.endpoints.append(Built(target.cluster, load_assignment(target), origin))
         result.virtual_host_origins[names.virtual_host_name(target.host, target.port.port)] = origin
 
@@ -239,7 +242,10 @@ def build_outbound(
 ) -> OutboundResult:
     """Outbound listener, route configurations, clusters and load assignments for `targets`."""
     result = OutboundResult()
-    _add_clusters(result, targets, options)
+    # In local mode every workload shares the loopback interface, so without an explicit source
+    # address the callee would see 127.0.0.1 and source.ip / ipBlocks rules could not tell callers apart.
+    source_address = proxy.ip if proxy.mode == "local" else None
+    _add_clusters(result, targets, options, source_address=source_address)
     if proxy.mode == "local":
         _build_local(result, state, proxy, targets)
     else:

@@ -40,6 +40,8 @@ async def test_payments_ledger_scenario_passes(tmp_path: Path) -> None:
         assert allowed, "the ledger's Envoy logged no allowed request"
         assert allowed[0]["peer_principal"] == "spiffe://cluster.local/ns/payments/sa/worker"
         assert allowed[0]["peer_certificate_serial"] not in ("", "-", None)
+        worker = mesh.plan.find("payments/worker")
+        assert allowed[0]["downstream_remote_address"].startswith(f"{worker.address}:")
         denied = [e for e in entries if e.get("response_code") == 403]
         assert denied and all(e["response_code_details"].startswith("rbac_access_denied") for e in denied)
 
