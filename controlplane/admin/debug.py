@@ -77,10 +77,10 @@ def sync_document(connections: Iterable[Any]) -> dict[str, Any]:
 
 
 def resource_json(type_url: str, payload: bytes) -> dict[str, Any]:
-    """Decode one served resource into the JSON form Envoy's config_dump uses (lowerCamelCase)."""
+    """Decode one served resource into the JSON form Envoy's config_dump uses (proto field names)."""
     message = MESSAGE_TYPES[type_url]()
     message.ParseFromString(payload)
-    return MessageToDict(message)
+    return MessageToDict(message, preserving_proto_field_name=True)
 
 
 def config_document(state: MeshState, connection: Any, all_proxies: list[Any]) -> dict[str, Any]:
