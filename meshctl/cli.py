@@ -20,7 +20,17 @@ from typing import Sequence, TextIO
 from controlplane.errors import MeshError
 from controlplane.log import configure as configure_logging
 
-COMMAND_MODULES = ("meshctl.analyze", "meshctl.inject", "meshctl.install", "meshctl.up")
+COMMAND_MODULES = (
+    "meshctl.analyze",
+    "meshctl.inject",
+    "meshctl.install",
+    "meshctl.up",
+    "meshctl.status",
+    "meshctl.principals",
+    "meshctl.certs",
+    "meshctl.describe",
+    "meshctl.proxy_config",
+)
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
