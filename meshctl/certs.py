@@ -29,7 +29,7 @@ from meshctl.client import (
     split_workload,
 )
 from meshctl.output import Column, add_output_argument, render
-from meshctl.status import time_left
+from meshctl.status import format_duration, time_left
 
 SECRETS_DUMP = "/config_dump?resource=dynamic_active_secrets"
 DEFAULT_THRESHOLD = timedelta(hours=6)
@@ -105,7 +105,9 @@ def secret_pems(dump: dict[str, Any]) -> dict[str, bytes]:
     validation contexts."""
     pems = {}
     for config in dump.get("configs", []):
-        for entry in config.get("dynamic_active_secrets", []):
+        # With `?resource=` each config is one DynamicSecret; without it, a SecretsConfigDump.
+        entries = config.get("dynamic_active_secrets", []) if "secret" not in config else [config]
+        for entry in entries:
             secret = entry.get("secret", {})
             source = (secret.get("tls_certificate", {}).get("certificate_chain")
                       or secret.get("validation_context", {}).get("trusted_ca") or {})
@@ -181,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
             when = record["time_left"] if record["seconds_left"] <= 0 else f"expires in {record['time_left']}"
             args.stderr.write(
                 f"warning: {record['role']} {record['serial']} ({record['uri_san'] or record['subject']}) "
-                f"{when}, within the {args.expiry_threshold} threshold\n"
+                f"{when}, within the {format_duration(threshold)} threshold\n"
             )
     if records[0]["in_use"] is False:
         args.stderr.write(f"warning: Envoy loaded leaf {records[0]['serial']} but no TLS context uses it yet\n")

@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
-from controlplane.translate.resources import CLUSTER, LISTENER, ROUTE, SECRET
+from controlplane.translate.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from meshctl.certs import connected_proxy, resolve_workload
 from meshctl.cli import EXIT_OK
 from meshctl.client import NotFoundError, add_connection_arguments, admin_client, envoy_get_json
@@ -87,6 +87,23 @@ def from_control_plane(document: dict[str, Any], kind: str) -> list[dict[str, An
     return [{"state": "served", "version": version, "resource": by_name[name]} for name in sorted(by_name)]
 
 
+def _lb_endpoint_count(assignment: dict[str, Any]) -> int:
+    return sum(len(group.get("lb_endpoints", [])) for group in assignment.get("endpoints", []))
+
+
+def endpoint_counts(document: dict[str, Any] | None, dump: dict[str, Any] | None) -> dict[str, int]:
+    """Endpoints per EDS service name, from a `/debug/config` document or an Envoy config_dump."""
+    counts: dict[str, int] = {}
+    if document is not None:
+        for name, assignment in document.get("resources", {}).get(ENDPOINT, {}).items():
+            counts[name] = _lb_endpoint_count(assignment)
+    for config in (dump or {}).get("configs", []):
+        for item in config.get("dynamic_endpoint_configs", []):
+            assignment = item.get("endpoint_config", {})
+            counts[assignment.get("cluster_name", "")] = _lb_endpoint_count(assignment)
+    return counts
+
+
 def from_envoy(dump: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     """Resources of `kind` from an Envoy config_dump, with their state and version."""
     section_type, lists = DUMP_SECTIONS[kind]
@@ -125,7 +142,7 @@ def _filters(chain: dict[str, Any]) -> Iterable[str]:
     return (f.get("name", "") for f in chain.get("filters", []))
 
 
-def listener_row(resource: dict[str, Any]) -> dict[str, Any]:
+def listener_row(resource: dict[str, Any], _endpoints: dict[str, int]) -> dict[str, Any]:
     chains = resource.get("filter_chains", [])
     return {
         "address": _address(resource),
@@ -135,36 +152,46 @@ def listener_row(resource: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def cluster_row(resource: dict[str, Any]) -> dict[str, Any]:
-    socket = resource.get("transport_socket", {}).get("name", "")
-    endpoints = resource.get("load_assignment", {}).get("endpoints", [])
+def cluster_row(resource: dict[str, Any], endpoints_by_name: dict[str, int]) -> dict[str, Any]:
+    if resource.get("transport_socket"):
+        transport = "tls"
+    elif resource.get("transport_socket_matches"):
+        # The mesh's outbound clusters pick mutual TLS per endpoint, by endpoint metadata.
+        transport = "tls-by-endpoint"
+    else:
+        transport = "plaintext"
+    eds_name = resource.get("eds_cluster_config", {}).get("service_name") or resource.get("name", "")
+    if resource.get("type") == "EDS":
+        endpoints = endpoints_by_name.get(eds_name, "")
+    else:
+        endpoints = _lb_endpoint_count(resource.get("load_assignment", {}))
     return {
         # proto3 JSON leaves out enum defaults, and STATIC is the Cluster type's zero value.
         "type": resource.get("type", "STATIC") if "cluster_type" not in resource else "CUSTOM",
-        "tls": "tls" if socket else "plaintext",
-        "endpoints": sum(len(group.get("lb_endpoints", [])) for group in endpoints) if endpoints else "",
-        "details": [resource.get("eds_cluster_config", {}).get("service_name", "")] if resource.get("type") == "EDS" else [],
+        "transport": transport,
+        "endpoints": endpoints,
+        "details": [eds_name] if resource.get("type") == "EDS" else [],
     }
 
 
-def route_row(resource: dict[str, Any]) -> dict[str, Any]:
+def route_row(resource: dict[str, Any], _endpoints: dict[str, int]) -> dict[str, Any]:
     hosts = resource.get("virtual_hosts", [])
     return {"virtual_hosts": len(hosts), "details": sorted(d for host in hosts for d in host.get("domains", []))}
 
 
-def secret_row(resource: dict[str, Any]) -> dict[str, Any]:
+def secret_row(resource: dict[str, Any], _endpoints: dict[str, int]) -> dict[str, Any]:
     kinds = [k for k in ("tls_certificate", "validation_context", "session_ticket_keys", "generic_secret") if k in resource]
     return {"type": kinds[0] if kinds else "", "details": []}
 
 
-SUMMARIES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+SUMMARIES: dict[str, Callable[[dict[str, Any], dict[str, int]], dict[str, Any]]] = {
     "listeners": listener_row, "clusters": cluster_row, "routes": route_row, "secrets": secret_row,
 }
 COLUMNS = {
     "listeners": (Column("NAME", "name"), Column("ADDRESS", "address"), Column("DIRECTION", "direction"),
                   Column("FILTER CHAINS", "chains"), Column("STATE", "state", wide=True),
                   Column("VERSION", "version", wide=True), Column("FILTERS", "details", wide=True)),
-    "clusters": (Column("NAME", "name"), Column("TYPE", "type"), Column("TRANSPORT", "tls"),
+    "clusters": (Column("NAME", "name"), Column("TYPE", "type"), Column("TRANSPORT", "transport"),
                  Column("ENDPOINTS", "endpoints", wide=True), Column("STATE", "state", wide=True),
                  Column("VERSION", "version", wide=True), Column("EDS NAME", "details", wide=True)),
     "routes": (Column("NAME", "name"), Column("VIRTUAL HOSTS", "virtual_hosts"), Column("STATE", "state", wide=True),
@@ -174,12 +201,12 @@ COLUMNS = {
 }
 
 
-def summary_records(entries: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+def summary_records(entries: list[dict[str, Any]], kind: str, endpoints: dict[str, int]) -> list[dict[str, Any]]:
     records = []
     for entry in entries:
         resource = entry["resource"]
         record = {"name": resource.get("name", ""), "state": entry["state"], "version": entry["version"]}
-        record.update(SUMMARIES[kind](resource) if entry["state"] != "rejected" else {"details": [entry["error"]]})
+        record.update(SUMMARIES[kind](resource, endpoints) if entry["state"] != "rejected" else {"details": [entry["error"]]})
         records.append(record)
     return records
 
@@ -194,15 +221,18 @@ def run(args: argparse.Namespace) -> int:
             connected_proxy(client, namespace, name)  # raises the error that says what is missing
             raise
         entries = from_control_plane(document, args.kind)
+        endpoints = endpoint_counts(document, None)
     else:
         proxy = connected_proxy(client, namespace, name)
         envoy = args.envoy_admin_url or client.envoy_admin_url(proxy)
-        entries = from_envoy(envoy_get_json(envoy, "/config_dump"), args.kind)
+        dump = envoy_get_json(envoy, "/config_dump?include_eds")
+        entries = from_envoy(dump, args.kind)
+        endpoints = endpoint_counts(None, dump)
     if args.output == "json":
         args.stdout.write(json.dumps(entries, indent=2, ensure_ascii=False) + "\n")
     elif args.output == "yaml":
         args.stdout.write(yaml.safe_dump(entries, sort_keys=False, allow_unicode=True))
     else:
-        records = summary_records(entries, args.kind)
+        records = summary_records(entries, args.kind, endpoints)
         args.stdout.write(render(records, COLUMNS[args.kind], args.output, empty=f"No {args.kind} found."))
     return EXIT_OK
