@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "meshctl.certs",
     "meshctl.describe",
     "meshctl.proxy_config",
+    "meshctl.authz",
 )
 
 EXIT_OK = 0
