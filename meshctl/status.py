@@ -25,16 +25,19 @@ COLUMNS = (
     Column("WORKLOAD", "proxy"),
     Column("IDENTITY", "identity"),
     *(Column(short, f"{short}_cell") for short in TYPES),
-    Column("CONNECTED", "connected_since"),
+    Column("AGE", "age"),
     Column("CERT EXPIRES IN", "certificate_time_left"),
     Column("NODE", "node_id", wide=True),
+    Column("CERT SOURCE", "certificate_source", wide=True),
     Column("CERT SERIAL", "certificate_serial", wide=True),
     Column("CERT NOT AFTER", "certificate_not_after", wide=True),
     Column("ERROR", "error", wide=True),
 )
 
 # Keys that only feed table cells; json and yaml carry the same facts nested.
-FLATTENED = frozenset({"error", "certificate_serial", "certificate_not_after", "certificate_time_left"})
+FLATTENED = frozenset({
+    "error", "age", "certificate_serial", "certificate_not_after", "certificate_time_left", "certificate_source",
+})
 
 EPILOG = """examples:
   meshctl status                         every connected sidecar, from the local mesh
@@ -114,12 +117,15 @@ def overall(types: dict[str, dict[str, str]]) -> str:
 def status_record(proxy: dict[str, Any], agent: dict[str, Any] | AdminApiError, *, now: datetime, wide: bool) -> dict[str, Any]:
     """One output row: the debug API's proxy entry, its cells and its certificate."""
     types = proxy.get("types", {})
+    connected = datetime.fromisoformat(proxy["connected_since"])
     record = {
         "proxy": f"{proxy['namespace']}/{proxy['workload']}",
         **proxy,
         "status": overall(types),
         **certificate_fields(agent, now),
+        "age": format_duration(max(int((now - connected).total_seconds()), 0)),
     }
+    record["certificate_source"] = record["certificate"]["source"] or "unreachable"
     errors = []
     for short in TYPES:
         entry = types.get(short)

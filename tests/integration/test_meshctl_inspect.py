@@ -103,7 +103,7 @@ async def test_status_table_shows_sync_state_per_type(mesh) -> None:
 
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["WORKLOAD", "IDENTITY", *TYPES, "CONNECTED", "CERT", "EXPIRES", "IN"]
+    assert lines[0].split() == ["WORKLOAD", "IDENTITY", *TYPES, "AGE", "CERT", "EXPIRES", "IN"]
     ledger = next(line for line in lines if line.startswith("payments/ledger "))
     assert ledger.split()[1] == LEDGER_ID
     assert ledger.split()[2:7] == ["SYNCED"] * 5
@@ -120,6 +120,7 @@ async def test_status_wide_shows_versions_and_serials(mesh) -> None:
     row = next(line for line in out.splitlines() if line.startswith("payments/worker "))
     assert f"SYNCED {worker['types']['LDS']['version_acked']}" in row
     assert serial in row
+    assert "agent" in row.split()
 
 
 # ----- principals -------------------------------------------------------------------------------
