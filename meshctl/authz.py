@@ -14,6 +14,7 @@ connected, configuration the evaluator does not support) and 2 for invalid argum
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import re
 from typing import Any
 
@@ -31,7 +32,8 @@ NO_CERTIFICATE = ("none", "plaintext")
 # `<trust domain>/ns/<namespace>/sa/<service account>`, the principal form of AuthorizationPolicy.
 _ISTIO_PRINCIPAL = re.compile(r"[^/]+/ns/[^/]+/sa/[^/]+")
 _METHOD = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-DEFAULT_SOURCE_IP = "127.0.0.1"
+# Used when neither the options nor the debug API give an address.
+DEFAULT_ADDRESS = "127.0.0.1"
 
 
 class CheckError(MeshError):
@@ -134,19 +136,35 @@ def _node_address(node_id: str) -> str | None:
     return parts[1] if len(parts) > 2 and parts[1] else None
 
 
-def build_call(args: argparse.Namespace, caller: dict[str, Any], callee_address: str, callee: tuple[str, str]) -> Call:
+def validate_arguments(args: argparse.Namespace) -> tuple[str | None, dict[str, tuple[str, ...]]]:
+    """Check the request options before any network call; return the host and headers."""
     if not 1 <= args.port <= 65535:
         raise UsageError(f"--port {args.port} is not a port number (1-65535)")
     if not _METHOD.fullmatch(args.method):
         raise UsageError(f"--method {args.method!r} is not an HTTP method token")
     if not args.path.startswith("/"):
         raise UsageError(f"--path {args.path!r} must start with /")
-    host, headers = parse_headers(args.header)
-    namespace, name = callee
-    return Call(
+    if args.source_ip is not None:
+        try:
+            ipaddress.ip_address(args.source_ip)
+        except ValueError as exc:
+            raise UsageError(f"--source-ip {args.source_ip!r} is not an IP address") from exc
+    return parse_headers(args.header)
+
+
+def check(args: argparse.Namespace, client: AdminClient) -> tuple[Call, Outcome, dict[str, Any]]:
+    """Resolve the arguments through the debug API and decide the call."""
+    host, headers = validate_arguments(args)
+    namespace, name = _workload_ref(args.callee, args.namespace, "--to")
+    config = _get(
+        client, f"/debug/config/{namespace}/{name}",
+        f"cannot read the configuration of {namespace}/{name} (is its sidecar connected?)",
+    )
+    caller = resolve_caller(args.caller, args, client)
+    call = Call(
         port=args.port,
-        source_ip=args.source_ip or caller["address"] or DEFAULT_SOURCE_IP,
-        destination_ip=callee_address,
+        source_ip=args.source_ip or caller["address"] or DEFAULT_ADDRESS,
+        destination_ip=_node_address(config.get("node_id", "")) or DEFAULT_ADDRESS,
         principal=caller["principal"],
         plaintext=args.plaintext,
         method=args.method,
@@ -154,17 +172,6 @@ def build_call(args: argparse.Namespace, caller: dict[str, Any], callee_address:
         host=host if host is not None else f"{name}.{namespace}:{args.port}",
         headers=headers,
     )
-
-
-def check(args: argparse.Namespace, client: AdminClient) -> tuple[Call, Outcome, dict[str, Any]]:
-    """Resolve the arguments through the debug API and decide the call."""
-    namespace, name = _workload_ref(args.callee, args.namespace, "--to")
-    config = _get(
-        client, f"/debug/config/{namespace}/{name}",
-        f"cannot read the configuration of {namespace}/{name} (is its sidecar connected?)",
-    )
-    caller = resolve_caller(args.caller, args, client)
-    call = build_call(args, caller, _node_address(config.get("node_id", "")) or DEFAULT_SOURCE_IP, (namespace, name))
     try:
         outcome = check_call(parse_listeners(config.get("resources", {})), call)
     except AuthzError as exc:
