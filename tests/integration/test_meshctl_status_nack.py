@@ -97,11 +97,12 @@ async def ledger_agent(control_plane, tmp_path: Path):
         "--envoy-admin-port", str(free_port()), "--health-address", f"127.0.0.1:{free_port()}",
         "--log-level", "warning",
     ]
+    envoy_admin_port = argv[argv.index("--envoy-admin-port") + 1]
     log_file = tmp_path / "agent.log"
     with log_file.open("wb") as log:
         process = await asyncio.create_subprocess_exec(*argv, env=env, stdout=log, stderr=log)
     try:
-        yield plane, log_file
+        yield plane, log_file, f"http://127.0.0.1:{envoy_admin_port}"
     finally:
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
@@ -133,7 +134,7 @@ async def wait_for_nack(plane, log_file: Path) -> dict:
 
 
 async def test_status_json_reports_nack_with_envoy_error(ledger_agent) -> None:
-    plane, log_file = ledger_agent
+    plane, log_file, _ = ledger_agent
     proxy = await wait_for_nack(plane, log_file)
     code, out, err = await meshctl(plane, "status", "-o", "json")
 
@@ -151,7 +152,7 @@ async def test_status_json_reports_nack_with_envoy_error(ledger_agent) -> None:
 
 
 async def test_status_table_prints_nack_line(ledger_agent) -> None:
-    plane, log_file = ledger_agent
+    plane, log_file, _ = ledger_agent
     proxy = await wait_for_nack(plane, log_file)
     code, out, _ = await meshctl(plane, "status")
 
@@ -167,7 +168,7 @@ async def test_status_table_prints_nack_line(ledger_agent) -> None:
 
 
 async def test_status_wide_shows_error_column(ledger_agent) -> None:
-    plane, log_file = ledger_agent
+    plane, log_file, _ = ledger_agent
     await wait_for_nack(plane, log_file)
     code, out, _ = await meshctl(plane, "status", "-o", "wide")
 
@@ -176,3 +177,18 @@ async def test_status_wide_shows_error_column(ledger_agent) -> None:
     assert header.rstrip().endswith("ERROR")
     assert "LDS: " in row
     assert BAD_ADDRESS in row
+
+
+async def test_proxy_config_envoy_shows_rejected_listener(ledger_agent) -> None:
+    plane, log_file, envoy_admin_url = ledger_agent
+    await wait_for_nack(plane, log_file)
+    code, out, err = await meshctl(plane, "proxy-config", "payments/ledger", "listeners", "--source", "envoy",
+                                   "--envoy-admin-url", envoy_admin_url, "-o", "wide")
+    _, served, _ = await meshctl(plane, "proxy-config", "payments/ledger", "listeners", "-o", "json")
+
+    assert code == 0, err
+    row = next(line for line in out.splitlines() if line.startswith("bad-listener "))
+    assert "rejected" in row.split()
+    assert "malformed IP address: not-an-ip" in row
+    # The control plane still serves the listener; only Envoy's copy shows the rejection.
+    assert "bad-listener" in [entry["resource"]["name"] for entry in json.loads(served)]
