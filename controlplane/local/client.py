@@ -38,6 +38,21 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, s
     return int(parts[1]), headers, body
 
 
+async def _exchange(address: str, port: int, talk, *, timeout: float, what: str) -> Outcome:
+    """Connect, run `talk(reader, writer)`, close; a failure to connect or a drop is `reset`."""
+    try:
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(address, port)
+            try:
+                return await talk(reader, writer)
+            finally:
+                writer.close()
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        return Outcome(result="reset", detail=f"{type(exc).__name__}: {exc}")
+    except TimeoutError:
+        return Outcome(result="reset", detail=f"no {what} within {timeout}s")
+
+
 def _principal_from_body(body: bytes) -> str | None:
     try:
         answer = json.loads(body)
@@ -62,20 +77,15 @@ async def http_call(
     lines += [f"{name}: {value}" for name, value in headers]
     payload = body.encode()
     lines += [f"Content-Length: {len(payload)}", "Connection: close", "", ""]
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(address, port)
-            try:
-                writer.write("\r\n".join(lines).encode("latin-1") + payload)
-                await writer.drain()
-                status, _headers, response_body = await _read_response(reader)
-            finally:
-                writer.close()
-    except (OSError, asyncio.IncompleteReadError) as exc:
-        return Outcome(result="reset", detail=f"{type(exc).__name__}: {exc}")
-    except TimeoutError:
-        return Outcome(result="reset", detail=f"no response within {timeout}s")
-    return Outcome(result=status, principal=_principal_from_body(response_body), detail=response_body[:200].decode("utf-8", "replace"))
+
+    async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Outcome:
+        writer.write("\r\n".join(lines).encode("latin-1") + payload)
+        await writer.drain()
+        status, _headers, response_body = await _read_response(reader)
+        detail = response_body[:200].decode("utf-8", "replace")
+        return Outcome(result=status, principal=_principal_from_body(response_body), detail=detail)
+
+    return await _exchange(address, port, talk, timeout=timeout, what="response")
 
 
 async def _echo_round_trip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Outcome:
@@ -89,41 +99,24 @@ async def _echo_round_trip(reader: asyncio.StreamReader, writer: asyncio.StreamW
 
 async def tcp_call(address: str, port: int, *, timeout: float = 10.0) -> Outcome:
     """Open a TCP connection to an echo server and make one round trip."""
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(address, port)
-            try:
-                return await _echo_round_trip(reader, writer)
-            finally:
-                writer.close()
-    except (OSError, asyncio.IncompleteReadError) as exc:
-        return Outcome(result="reset", detail=f"{type(exc).__name__}: {exc}")
-    except TimeoutError:
-        return Outcome(result="reset", detail=f"no echo within {timeout}s")
+    return await _exchange(address, port, _echo_round_trip, timeout=timeout, what="echo")
 
 
 async def tcp_call_via_connect(proxy_address: str, proxy_port: int, *, authority: str, timeout: float = 10.0) -> Outcome:
     """Tunnel one echo round trip through an HTTP CONNECT proxy (the caller's sidecar)."""
     request = f"CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n".encode("latin-1")
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(proxy_address, proxy_port)
-            try:
-                writer.write(request)
-                await writer.drain()
-                status_line = await reader.readline()
-                while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-                    pass
-                fields = status_line.split(b" ", 2)
-                if len(fields) < 2 or fields[1] != b"200":
-                    status = int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
-                    if status is None:
-                        return Outcome(result="reset", detail=f"CONNECT got {status_line!r}")
-                    return Outcome(result=status, detail=f"CONNECT got {status_line!r}")
-                return await _echo_round_trip(reader, writer)
-            finally:
-                writer.close()
-    except (OSError, asyncio.IncompleteReadError) as exc:
-        return Outcome(result="reset", detail=f"{type(exc).__name__}: {exc}")
-    except TimeoutError:
-        return Outcome(result="reset", detail=f"no echo within {timeout}s")
+
+    async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Outcome:
+        writer.write(request)
+        await writer.drain()
+        status_line = await reader.readline()
+        while await reader.readline() not in (b"\r\n", b"\n", b""):
+            pass
+        fields = status_line.split(b" ", 2)
+        if len(fields) < 2 or not fields[1].isdigit():
+            return Outcome(result="reset", detail=f"CONNECT got {status_line!r}")
+        if fields[1] != b"200":
+            return Outcome(result=int(fields[1]), detail=f"CONNECT got {status_line!r}")
+        return await _echo_round_trip(reader, writer)
+
+    return await _exchange(proxy_address, proxy_port, talk, timeout=timeout, what="echo")
