@@ -41,7 +41,7 @@ async def timed_post(session: aiohttp.ClientSession, url: str, host: str) -> flo
     async with session.post(url, headers={"Host": host}) as response:
         await response.read()
         if response.status != 200:
-            raise RuntimeError(f"{url} answered {response.status}; the benchmark needs an allowed request")
+            raise RuntimeError(f"{url} returned {response.status}; the benchmark needs a request the policy allows")
     return time.perf_counter() - started
 
 

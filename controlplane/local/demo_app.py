@@ -1,6 +1,6 @@
 """The demo workload for local mode: an HTTP echo and a TCP echo.
 
-HTTP ports answer every request with JSON describing what arrived: method, raw path, headers,
+HTTP ports respond to every request with JSON describing what arrived: method, raw path, headers,
 and the caller's verified principal taken from `x-forwarded-client-cert`, which the callee's Envoy
 sets from the peer certificate (and strips when the caller sent its own). TCP ports echo bytes
 back. The app trusts the header because only its own sidecar can reach it in local mode: it
@@ -29,8 +29,8 @@ WORKLOAD_KEY = web.AppKey("workload", str)
 def split_xfcc(value: str) -> list[dict[str, str]]:
     """Parse an `x-forwarded-client-cert` value into one dict per element.
 
-    Elements are separated by `,`, pairs by `;`, keys from values by `=`; a value may be quoted
-    with `"` and then contain those separators (Envoy quotes Subject values this way).
+    Elements are separated by `,`, pairs by `;`, and keys from values by `=`. A value quoted with
+    `"` may contain those separators, which Envoy relies on for Subject values.
     """
     elements: list[dict[str, str]] = []
     pairs: dict[str, str] = {}
@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--address", required=True, help="IP address to listen on")
     parser.add_argument("--http-ports", type=_ports, default=[], help="comma-separated HTTP ports")
     parser.add_argument("--tcp-ports", type=_ports, default=[], help="comma-separated TCP echo ports")
-    parser.add_argument("--workload", default="", help="namespace/name shown in answers")
+    parser.add_argument("--workload", default="", help="namespace/name shown in responses")
     args = parser.parse_args(argv)
     configure(level="info")
 

@@ -1,4 +1,4 @@
-"""Where each workload of a local mesh lives: a pure plan computed from the mesh state.
+"""Address plan of a local mesh: a pure function of the mesh state.
 
 Local mode has no pods and no iptables. Every workload gets its own loopback address standing in
 for a pod IP, so its Envoy can bind the same ports as in a cluster (15000 admin, 15001 outbound,
@@ -70,7 +70,7 @@ class LocalPlan:
         return matches[0]
 
     def addresses(self) -> dict[str, str]:
-        """Map `namespace/name` to address, as the control plane's `--local-addresses` file holds it."""
+        """Map `namespace/name` to address, in the format of the control plane's `--local-addresses` file."""
         return {w.key: w.address for w in self.workloads}
 
     def addresses_json(self) -> str:

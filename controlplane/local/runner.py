@@ -32,7 +32,7 @@ def _service_for(call: Call, state: MeshState, caller_namespace: str | None) -> 
 
 
 def _direct_address(call: Call, state: MeshState, plan: LocalPlan, caller_namespace: str | None) -> tuple[str, int]:
-    """The address and port of the first workload behind the call's service port."""
+    """Return the address and port of the first workload behind the call's service port."""
     service = _service_for(call, state, caller_namespace)
     port = next((p for p in service.ports if p.port == call.target.port), None)
     if port is None:

@@ -1,6 +1,6 @@
 """Scenario files: the calls `meshctl up DIR --check` makes and the outcome each must have.
 
-`scenario.yaml` holds `calls:`, a list of mappings (a bare list is accepted too):
+`scenario.yaml` contains `calls:`, a list of mappings (a bare list is accepted too):
 
     - name: worker may settle
       from: payments/worker        # workload "name" or "namespace/name", or "outside"
@@ -57,7 +57,7 @@ class Call:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What one call got: an HTTP status, `ok` for a TCP echo round trip, or `reset`."""
+    """Result of one call: an HTTP status, `ok` for a TCP echo round trip, or `reset`."""
 
     result: int | Literal["ok", "reset"]
     principal: str | None = None

@@ -3,7 +3,7 @@
 Start-up order: a fresh CA in the run folder, the control plane serving the folder, then per
 workload its demo app and, for workloads with a sidecar, a join token and a mesh-agent that
 starts Envoy. The mesh is ready when the control plane reports every proxy in sync and every
-listener accepts connections; then the scenario runs (with `--check`) or the mesh stays up until
+listener accepts connections. Then the scenario runs (with `--check`), or the mesh stays up until
 Ctrl-C. Every process started is stopped on the way out, whatever happened.
 """
 
@@ -238,8 +238,8 @@ async def start_mesh(options: UpOptions, *, progress: TextIO = sys.stderr) -> Lo
             "--source", f"files:{options.folder.resolve()}",
             "--local-addresses", str(addresses_file),
             "--grpc-address", grpc_address,
-            # Local agents get their first certificate on the mutual TLS port with a join token;
-            # binding the bootstrap port on the mesh's own address keeps parallel meshes apart.
+            # Agents fetch their first certificate with a join token on the bootstrap port
+            # (server-only TLS). Binding it to the mesh's own address keeps parallel meshes apart.
             "--bootstrap-address", f"{plan.control_plane_address}:{split_address(DEFAULT_BOOTSTRAP_ADDRESS)[1]}",
             "--admin-address", f"{plan.control_plane_address}:{ADMIN_PORT}",
             "--log-level", options.log_level,

@@ -1,8 +1,8 @@
 """The path from a configuration source to the sidecars: objects -> MeshState -> xDS cache.
 
-A source (a folder of YAML or the Kubernetes API) reports that its objects changed; the runtime
-parses the whole set into a fresh `MeshState` and hands it to the snapshot cache, which debounces
-and pushes only what changed. Parsing the whole set is simple and cannot drift from the source;
+A source (a folder of YAML or the Kubernetes API) reports that its objects changed. The runtime
+then parses the whole set into a fresh `MeshState` and hands it to the snapshot cache, which
+debounces and pushes only what changed. Parsing the whole set is simple and cannot drift from the source;
 change bursts are coalesced so a flood of watch events costs one parse.
 """
 
@@ -30,7 +30,7 @@ PARSE_COALESCE_SECONDS = 0.05
 
 @dataclass(frozen=True, slots=True)
 class SourceSpec:
-    """Where configuration comes from: `files:DIR`, `kubernetes`, or `none`."""
+    """Configuration source: `files:DIR`, `kubernetes`, or `none`."""
 
     kind: str
     path: Path | None = None
