@@ -1,10 +1,10 @@
-"""`meshctl certs WORKLOAD`: the certificate chain and trust bundle a sidecar's Envoy holds.
+"""`meshctl certs WORKLOAD`: the certificate chain and trust bundle loaded in a sidecar's Envoy.
 
 Read from Envoy itself, not from the control plane: the PEM of the `default` secret (the
 workload SVID chain) and of `ROOTCA` (the trust bundle) from the admin `config_dump` of active
-secrets, in which Envoy redacts the private key. Envoy's `/certs` lists the serials its TLS
-contexts use; a leaf whose serial is not there is loaded but not yet in use, which the output
-states.
+secrets, in which Envoy redacts the private key. Envoy's `/certs` lists the serials that its TLS
+contexts use. A leaf whose serial is missing there is loaded but not yet in use, and the output
+states it.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ when a certificate has expired.
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "certs",
-        help="show the certificate chain and trust bundle a sidecar's Envoy holds",
+        help="show the certificate chain and trust bundle loaded in a sidecar's Envoy",
         description="Read the workload certificate chain and the trust bundle from the Envoy of "
         "WORKLOAD (NAME with -n, or NAMESPACE/NAME) and show subject, URI SAN, serial, issuer, "
         "validity and time left.",
@@ -79,7 +79,7 @@ def register(subparsers: Any) -> None:
 
 
 def connected_proxy(client: Any, namespace: str, name: str) -> dict[str, Any]:
-    """The first connected proxy of a workload, or an error saying whether the workload exists."""
+    """Return the first connected proxy of a workload; the error tells apart unknown and unconnected."""
     proxies = client.get_json("/debug/syncz").get("proxies", [])
     for proxy in proxies:
         if proxy.get("namespace") == namespace and proxy.get("workload") == name:
@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
         raise AdminApiError(f"cannot read certificates from the Envoy of {namespace}/{name} at {envoy}: {exc}",
                             url=envoy) from exc
     if WORKLOAD_SECRET not in pems:
-        raise AdminApiError(f"the Envoy of {namespace}/{name} at {envoy} holds no {WORKLOAD_SECRET!r} certificate yet",
+        raise AdminApiError(f"the Envoy of {namespace}/{name} at {envoy} has not loaded a {WORKLOAD_SECRET!r} certificate yet",
                             url=envoy)
     now = datetime.now(timezone.utc)
     records = chain_records(pems, in_use, now=now)

@@ -57,7 +57,7 @@ def certificate_of(agent: dict[str, Any] | AdminApiError) -> dict[str, Any]:
         return {"source": None, "error": str(agent)}
     svid = agent.get("svid") or {}
     if not svid.get("serial"):
-        return {"source": "agent", "error": "the agent holds no certificate"}
+        return {"source": "agent", "error": "the agent has no certificate"}
     return {"source": "agent", "serial": svid["serial"], "not_after": svid.get("not_after")}
 
 

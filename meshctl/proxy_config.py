@@ -1,10 +1,11 @@
 """`meshctl proxy-config WORKLOAD KIND`: a sidecar's listeners, clusters, routes or secrets.
 
-Two sources: `controlplane` (default) shows what the control plane serves the workload's proxy
-(`/debug/config/{namespace}/{name}`); `envoy` shows what that Envoy holds, from its admin
-`config_dump`, including static resources from the bootstrap and listeners or clusters still
-warming. Comparing the two shows configuration that Envoy did not take. Both sources use proto
-field names, as Envoy's config_dump does; `-o json` prints the resources without summarising.
+`--source controlplane` (default) shows what the control plane serves the workload's proxy
+(`/debug/config/{namespace}/{name}`). `--source envoy` shows what that Envoy loaded, from its
+admin `config_dump`. That includes static resources from the bootstrap and listeners or
+clusters still warming, so comparing the two shows configuration that Envoy did not take. Both
+sources use proto field names, as Envoy's config_dump does. `-o json` prints the resources
+without summarising.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ LISTENER_STATES = ("active_state", "warming_state", "draining_state")
 
 EPILOG = """examples:
   meshctl proxy-config payments/ledger listeners                 what the control plane serves
-  meshctl proxy-config payments/ledger listeners --source envoy  what the ledger's Envoy holds
+  meshctl proxy-config payments/ledger listeners --source envoy  what the ledger's Envoy loaded
   meshctl proxy-config ledger -n payments clusters -o wide
   meshctl proxy-config ledger -n payments routes -o json         the resources, unsummarised
 """
@@ -60,7 +61,7 @@ def register(subparsers: Any) -> None:
         "proxy-config",
         help="summarise a sidecar's listeners, clusters, routes or secrets",
         description="Summarise the listeners, clusters, routes or secrets of WORKLOAD's sidecar, "
-        "as the control plane serves them or as its Envoy holds them.",
+        "as the control plane serves them or as its Envoy loaded them.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -117,12 +118,12 @@ def from_envoy(dump: dict[str, Any], kind: str) -> list[dict[str, Any]]:
                     entries.append({"state": state, "version": item.get("version_info", ""),
                                     "resource": item.get(resource_key, {})})
                     continue
-                # Dynamic listeners: one state holds the listener; an error_state records a rejection.
+                # A dynamic listener sits in one of LISTENER_STATES, and error_state records a rejection.
                 for listener_state in LISTENER_STATES:
                     if listener_state in item:
-                        held = item[listener_state]
+                        placed = item[listener_state]
                         entries.append({"state": listener_state.removesuffix("_state"),
-                                        "version": held.get("version_info", ""), "resource": held.get("listener", {})})
+                                        "version": placed.get("version_info", ""), "resource": placed.get("listener", {})})
                 if "error_state" in item:
                     entries.append({"state": "rejected", "version": "",
                                     "resource": {"name": item.get("name", "")},
@@ -218,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             document = client.get_json(f"/debug/config/{namespace}/{name}")
         except NotFoundError:
-            connected_proxy(client, namespace, name)  # raises the error that says what is missing
+            connected_proxy(client, namespace, name)  # raises an error naming what is missing
             raise
         entries = from_control_plane(document, args.kind)
         endpoints = endpoint_counts(document, None)

@@ -3,8 +3,8 @@
 The sync state comes from the control plane (`/debug/syncz`): per xDS type the version sent,
 the version the proxy ACKed, and SYNCED, STALE (a response in flight or changes not sent yet)
 or NACKED with the error Envoy returned. The certificate comes from each proxy's mesh-agent
-(`/healthz/ready` on port 15020), which holds the SVID Envoy serves; when the agent cannot be
-reached the certificate columns say so instead.
+(`/healthz/ready` on port 15020), which keeps the SVID that Envoy serves. When the agent cannot
+be reached, the certificate columns show that instead.
 """
 
 from __future__ import annotations
@@ -85,12 +85,12 @@ def format_duration(seconds: int) -> str:
 
 
 def certificate_fields(agent: dict[str, Any] | AdminApiError, now: datetime) -> dict[str, Any]:
-    """The certificate facts an agent reported, or why there are none."""
+    """Extract the certificate facts an agent reported, or the reason there are none."""
     if isinstance(agent, AdminApiError):
         return {"certificate": {"source": None, "error": str(agent)}}
     svid = agent.get("svid") or {}
     if not svid.get("not_after"):
-        return {"certificate": {"source": CERTIFICATE_SOURCE, "error": "the agent holds no certificate"}}
+        return {"certificate": {"source": CERTIFICATE_SOURCE, "error": "the agent has no certificate"}}
     not_after = datetime.fromisoformat(svid["not_after"])
     return {
         "certificate": {
@@ -115,7 +115,7 @@ def overall(types: dict[str, dict[str, str]]) -> str:
 
 
 def status_record(proxy: dict[str, Any], agent: dict[str, Any] | AdminApiError, *, now: datetime, wide: bool) -> dict[str, Any]:
-    """One output row: the debug API's proxy entry, its cells and its certificate."""
+    """Build one output row: the debug API's proxy entry, its table cells and its certificate."""
     types = proxy.get("types", {})
     connected = datetime.fromisoformat(proxy["connected_since"])
     record = {
@@ -143,7 +143,7 @@ def status_record(proxy: dict[str, Any], agent: dict[str, Any] | AdminApiError, 
 
 
 def nack_lines(records: list[dict[str, Any]]) -> list[str]:
-    """One line per NACK, printed under the table so its message is not cut to a column."""
+    """Format one line per NACK, printed under the table so the message is not cut to a column."""
     lines = []
     for record in records:
         for short in TYPES:

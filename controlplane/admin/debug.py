@@ -1,12 +1,12 @@
 """The read-only debug JSON API that `meshctl` reads: sync state, principals, workloads, config.
 
-Every route is a GET that returns JSON and changes nothing. The documents are built by pure
-functions of the mesh state and the open ADS connections, so they can be tested without a
-server; `register_debug_routes` adapts them to the admin server. docs/debug-api.md describes
-each document field by field.
+Every route is a GET that returns JSON and changes nothing. Pure functions of the mesh state
+and the open ADS connections build the documents, so tests need no server, and
+`register_debug_routes` adapts them to the admin server. docs/debug-api.md describes each
+document field by field.
 
-The control plane does not store workload certificates: each one is signed by whichever
-replica received the CSR, and the agent holds it. Certificate serials and expiry therefore
+The control plane does not store workload certificates. Each one is signed by whichever
+replica received the CSR, and only the agent keeps it. Certificate serials and expiry therefore
 come from the agents and Envoys (`meshctl status`, `meshctl certs`), and these documents give
 each connected proxy's address so a client can ask them.
 """
@@ -54,7 +54,7 @@ def not_found(message: str, **fields: str) -> web.HTTPNotFound:
 
 
 def proxy_summary(connection: Any) -> dict[str, Any]:
-    """The facts of one ADS connection that a client needs to find and reach the proxy."""
+    """Summarise one ADS connection: what a client needs to find and reach the proxy."""
     status = connection.status()
     return {
         "node_id": status["node_id"],
@@ -316,15 +316,15 @@ def workload_document(state: MeshState, workload: Workload, connections: list[An
         },
         "authorization_policies": [policy_json(policy) for policy in policies],
         "inbound_services": [
-            {"service": f"{s.namespace}/{s.name}",
-             "ports": [{"port": p.port, "target_port": p.target_port, "protocol": p.mesh_protocol} for p in s.ports]}
-            for s in inbound
+            {"service": f"{service.namespace}/{service.name}",
+             "ports": [{"port": p.port, "target_port": p.target_port, "protocol": p.mesh_protocol} for p in service.ports]}
+            for service in inbound
         ],
         "outbound_services": [
-            {"service": f"{t.service.namespace}/{t.service.name}", "host": t.host, "port": t.port.port,
-             "protocol": t.port.mesh_protocol, "cluster": t.cluster, "endpoints": len(t.endpoints),
-             "spiffe_ids": list(t.spiffe_ids)}
-            for t in outbound
+            {"service": f"{target.service.namespace}/{target.service.name}", "host": target.host,
+             "port": target.port.port, "protocol": target.port.mesh_protocol, "cluster": target.cluster,
+             "endpoints": len(target.endpoints), "spiffe_ids": list(target.spiffe_ids)}
+            for target in outbound
         ],
         "problems": [str(problem) for problem in (*mtls.problems, *problems)],
     }
@@ -363,11 +363,11 @@ def register_debug_routes(admin: AdminServer, *, mesh: Any, cache: Any, ads: Any
     def config(request: web.Request) -> dict[str, Any]:
         namespace, name = request.match_info["namespace"], request.match_info["name"]
         connected = proxies_of(ads.connections(), namespace, name)
-        wanted = request.query.get("node_id")
-        chosen = [c for c in connected if wanted is None or c.proxy.node_id == wanted]
+        requested_node = request.query.get("node_id")
+        chosen = [c for c in connected if requested_node is None or c.proxy.node_id == requested_node]
         if not chosen:
-            which = f"with node id {wanted!r} " if wanted else ""
-            raise not_found(f"no proxy {which}of workload {namespace}/{name} is connected",
+            qualifier = f"with node id {requested_node!r} " if requested_node else ""
+            raise not_found(f"no proxy {qualifier}of workload {namespace}/{name} is connected",
                             namespace=namespace, name=name)
         return config_document(mesh.state, chosen[0], connected)
 

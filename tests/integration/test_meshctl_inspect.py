@@ -233,11 +233,11 @@ async def test_describe_text_names_the_deciding_policy(mesh) -> None:
 
 async def test_proxy_config_listeners_agree_between_sources(mesh) -> None:
     _, served, _ = meshctl(mesh, "proxy-config", "payments/ledger", "listeners", "-o", "json")
-    code, held, err = meshctl(mesh, "proxy-config", "payments/ledger", "listeners", "--source", "envoy", "-o", "json")
+    code, loaded, err = meshctl(mesh, "proxy-config", "payments/ledger", "listeners", "--source", "envoy", "-o", "json")
 
     assert code == 0, err
     served_names = {e["resource"]["name"] for e in json.loads(served)}
-    active = {e["resource"]["name"] for e in json.loads(held) if e["state"] == "active"}
+    active = {e["resource"]["name"] for e in json.loads(loaded) if e["state"] == "active"}
     assert served_names
     assert served_names == active
 
@@ -254,12 +254,12 @@ async def test_proxy_config_table_summarises_listeners(mesh) -> None:
 
 async def test_proxy_config_secrets_differ_by_source(mesh) -> None:
     _, served, _ = meshctl(mesh, "proxy-config", "payments/ledger", "secrets", "-o", "json")
-    code, held, _ = meshctl(mesh, "proxy-config", "payments/ledger", "secrets", "--source", "envoy", "-o", "json")
+    code, loaded, _ = meshctl(mesh, "proxy-config", "payments/ledger", "secrets", "--source", "envoy", "-o", "json")
 
     assert code == 0
     # The control plane serves only the trust bundle; the workload key comes from the agent.
     assert [e["resource"]["name"] for e in json.loads(served)] == ["ROOTCA"]
-    assert {e["resource"]["name"] for e in json.loads(held)} == {"ROOTCA", "default"}
+    assert {e["resource"]["name"] for e in json.loads(loaded)} == {"ROOTCA", "default"}
 
 
 @pytest.mark.parametrize("source", ["controlplane", "envoy"])

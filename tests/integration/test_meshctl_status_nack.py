@@ -114,7 +114,7 @@ async def ledger_agent(control_plane, tmp_path: Path):
 
 
 async def meshctl(plane, *argv: str) -> tuple[int, str, str]:
-    """Run meshctl in a thread, because the control plane it asks runs on this event loop."""
+    """Run meshctl in a thread, because the control plane it queries runs on this event loop."""
     out, err = io.StringIO(), io.StringIO()
     admin_url = f"http://127.0.0.1:{plane.admin.port}"
     code = await asyncio.to_thread(main, [*argv, "--admin-url", admin_url], stdout=out, stderr=err)

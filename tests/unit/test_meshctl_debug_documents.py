@@ -54,7 +54,7 @@ def test_principal_in_own_trust_domain_matches() -> None:
     assert mentions(policy) == [("principals", "example.org/ns/payments/sa/worker", "example.org/ns/payments/sa/worker")]
 
 
-def test_cluster_local_principal_stands_for_the_mesh_trust_domain() -> None:
+def test_cluster_local_principal_matches_mesh_domain() -> None:
     policy = allow("p", Rule(sources=(Source(principals=("cluster.local/ns/payments/sa/worker",)),)))
     assert mentions(policy) == [("principals", "cluster.local/ns/payments/sa/worker", "example.org/ns/payments/sa/worker")]
 
