@@ -1,4 +1,4 @@
-"""How meshctl reaches the control plane's debug API and each sidecar's admin endpoints.
+"""Clients for the control plane's debug API and for each sidecar's admin endpoints.
 
 The control plane admin API is found, in this order:
 
@@ -64,7 +64,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def uses_kubernetes(args: argparse.Namespace, environ: dict[str, str]) -> bool:
-    """Whether the connection options pick the Kubernetes API server over a plain URL."""
+    """Return whether the connection options pick the Kubernetes API server over a plain URL."""
     if args.admin_url or environ.get(ADMIN_URL_ENV):
         return False
     return bool(args.kubernetes or args.kubeconfig or args.context)
@@ -127,11 +127,11 @@ class AdminClient:
         raise NotImplementedError
 
     def agent_status(self, proxy: dict[str, Any]) -> dict[str, Any]:
-        """The agent's `/healthz/ready` document for a proxy from the debug API."""
+        """Fetch the agent's `/healthz/ready` document for a proxy from the debug API."""
         raise NotImplementedError
 
     def envoy_admin_url(self, proxy: dict[str, Any]) -> str:
-        """The base URL of the proxy's Envoy admin interface."""
+        """Return the base URL of the proxy's Envoy admin interface."""
         raise NotImplementedError
 
 
@@ -159,7 +159,7 @@ class HttpAdminClient(AdminClient):
 
     def agent_status(self, proxy: dict[str, Any]) -> dict[str, Any]:
         url = f"http://{proxy['address']}:{AGENT_HEALTH_PORT}/healthz/ready"
-        # The agent answers 503 with the same document while it is not ready.
+        # The agent returns 503 with the same document while it is not ready.
         status, body = http_get(url, timeout=SIDECAR_TIMEOUT_SECONDS)
         if status not in (200, 503):
             raise error_from_status(status, body, where=url)
@@ -170,7 +170,10 @@ class HttpAdminClient(AdminClient):
 
 
 class KubernetesAdminClient(AdminClient):
-    """The admin API through the API server's service proxy; agents through its pod proxy."""
+    """The admin API through the API server's service proxy; agents through its pod proxy.
+
+    NOTE: tests run this class only against a fake CoreV1Api, never a real API server.
+    """
 
     def __init__(self, core_api: Any, *, namespace: str) -> None:
         self.core = core_api
@@ -266,7 +269,7 @@ def split_workload(text: str, namespace: str | None) -> tuple[str, str]:
     if "/" in text:
         ns, _, name = text.partition("/")
         if namespace is not None and namespace != ns:
-            raise ValueError(f"workload {text!r} names namespace {ns!r} but -n says {namespace!r}")
+            raise ValueError(f"workload {text!r} names namespace {ns!r} but -n is {namespace!r}; give one namespace")
     else:
         ns, name = namespace or "default", text
     if not ns or not name or "/" in name:

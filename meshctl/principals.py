@@ -1,4 +1,4 @@
-"""`meshctl principals`: every SPIFFE ID the mesh knows, who runs as it and which policies name it.
+"""`meshctl principals`: every SPIFFE ID in the mesh, who runs as it and which policies name it.
 
 Identities come from ServiceAccounts and workloads (`/debug/principals`). For each identity the
 command lists its workloads, its connected proxies with the certificate serial and expiry their
@@ -40,7 +40,7 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "principals",
         help="list SPIFFE IDs, their workloads, certificates and the policies that name them",
-        description="List every SPIFFE ID the mesh knows (from ServiceAccounts and workloads), "
+        description="List every SPIFFE ID in the mesh (from ServiceAccounts and workloads), "
         "the workloads and connected proxies using it, the certificate serial and expiry each "
         "proxy's agent reports, and the AuthorizationPolicy values that match it.",
         epilog=EPILOG,

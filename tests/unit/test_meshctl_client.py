@@ -69,7 +69,7 @@ def test_split_workload_forms(text, namespace, expected) -> None:
 
 
 @pytest.mark.parametrize(("text", "namespace", "message"), [
-    ("payments/ledger", "shop", "names namespace 'payments' but -n says 'shop'"),
+    ("payments/ledger", "shop", "names namespace 'payments' but -n is 'shop'; give one namespace"),
     ("a/b/c", None, "is not NAME or NAMESPACE/NAME"),
     ("/ledger", None, "is not NAME or NAMESPACE/NAME"),
 ])
