@@ -27,8 +27,9 @@ def failures(verdicts) -> list[str]:
     return [f"{v.call.name}: {'; '.join(v.reasons)} ({v.outcome.detail[:120]})" for v in verdicts if not v.passed]
 
 
-async def test_payments_ledger_scenario_passes(tmp_path: Path) -> None:
-    async with running_mesh(EXAMPLE, tmp_path / "run") as mesh:
+@pytest.mark.parametrize("ads_type", ["grpc", "delta"])
+async def test_payments_ledger_scenario_passes(tmp_path: Path, ads_type: str) -> None:
+    async with running_mesh(EXAMPLE, tmp_path / "run", ads_type=ads_type) as mesh:
         verdicts = await check_scenario(mesh, EXAMPLE)
 
         assert len(verdicts) == 7
@@ -44,6 +45,11 @@ async def test_payments_ledger_scenario_passes(tmp_path: Path) -> None:
         assert allowed[0]["downstream_remote_address"].startswith(f"{worker.address}:")
         denied = [e for e in entries if e.get("response_code") == 403]
         assert denied and all(e["response_code_details"].startswith("rbac_access_denied") for e in denied)
+
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{mesh.admin_url}/debug/syncz") as response:
+                proxies = (await response.json())["proxies"]
+        assert {p["protocol"] for p in proxies} == {"sotw" if ads_type == "grpc" else "delta"}
 
 
 async def test_authorization_semantics_scenario_passes(tmp_path: Path) -> None:
