@@ -56,8 +56,8 @@ class JoinTokenAttestor:
         token = bearer_token(metadata)
         if token is None:
             return None
-        # NOTE: a Kubernetes ServiceAccount token also arrives as a bearer token. When that
-        # attestor is added, the two must tell their tokens apart by format before redeeming.
+        # A Kubernetes ServiceAccount token is a bearer token too. Chains that accept both put
+        # `KubernetesTokenAttestor` first: it takes JWTs and leaves join tokens, which are not JWTs, here.
         return self._issuer.redeem(token, now=now)
 
 
@@ -81,19 +81,32 @@ class PeerSvidAttestor:
         return peer
 
 
-class FirstCredentialAttestor:
-    """Call each attestor in order; the first one that finds its credential decides."""
+# What a caller without a credential is told to send, by the chain that rejects it.
+MISSING_JOIN_TOKEN = (
+    "no credential: send 'authorization: Bearer <join token>' metadata, or present "
+    "your current SVID as the TLS client certificate on the mutual TLS port"
+)
+MISSING_SERVICE_ACCOUNT_TOKEN = (
+    "no credential: send 'authorization: Bearer <token>' metadata with the pod's projected "
+    "ServiceAccount token (audience idmesh) or a join token, or present your current SVID "
+    "as the TLS client certificate on the mutual TLS port"
+)
 
-    def __init__(self, attestors: Sequence[Attestor]) -> None:
+
+class FirstCredentialAttestor:
+    """Call each attestor in order; the first one that finds its credential decides.
+
+    `missing_message` is the error for a call that carries no credential any attestor takes,
+    so it names the credentials this chain accepts.
+    """
+
+    def __init__(self, attestors: Sequence[Attestor], *, missing_message: str = MISSING_JOIN_TOKEN) -> None:
         self._attestors = tuple(attestors)
+        self._missing_message = missing_message
 
     def attest(self, metadata: Mapping[str, str], peer: SpiffeId | None, now: datetime) -> SpiffeId:
         for attestor in self._attestors:
             identity = attestor.attest(metadata, peer, now)
             if identity is not None:
                 return identity
-        raise AttestationError(
-            "no credential: send 'authorization: Bearer <join token>' metadata, or present "
-            "your current SVID as the TLS client certificate on the mutual TLS port",
-            reason="missing-credential",
-        )
+        raise AttestationError(self._missing_message, reason="missing-credential")

@@ -4,7 +4,7 @@ Failures map to gRPC status codes by one rule each:
 
 | status | when |
 | --- | --- |
-| UNAUTHENTICATED | no credential, or a credential that proves nothing (bad, reused, expired or forged join token; client certificate that is not a valid SVID) |
+| UNAUTHENTICATED | no credential, or a credential that proves nothing (bad, reused, expired or forged join token; ServiceAccount token that the TokenReview or the pod checks reject; client certificate that is not a valid SVID) |
 | PERMISSION_DENIED | the caller is authenticated but requests a certificate its credential does not grant: a CSR URI SAN naming another SPIFFE ID, or an identity the CA may not issue |
 | INVALID_ARGUMENT | the request itself is unacceptable: malformed CSR, bad CSR signature, weak or unsupported key, negative validity |
 | INTERNAL | the CA cannot sign, for example because its signing certificate expired |
@@ -14,6 +14,7 @@ The status details carry the error message, which never contains a token or a ke
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -80,7 +81,9 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> ca_pb2.CreateCertificateResponse:
         try:
-            response = self._create_certificate(request, context)
+            now = self._clock()
+            identity = await self._attest(context, now)
+            response = self._create_certificate(request, identity, now)
         except RequestRejected as exc:
             CERTIFICATES_ISSUED.labels(result=exc.code.name.lower()).inc()
             # abort() raises, so the call ends here with this status.
@@ -92,10 +95,9 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
     def _create_certificate(
         self,
         request: ca_pb2.CreateCertificateRequest,
-        context: grpc.aio.ServicerContext,
+        identity: SpiffeId,
+        now: datetime,
     ) -> ca_pb2.CreateCertificateResponse:
-        now = self._clock()
-        identity = self._attest(context, now)
         ttl = self._requested_ttl(request.validity_seconds)
         started = time.perf_counter()
         try:
@@ -118,7 +120,7 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
             spiffe_id=str(issued.spiffe_id),
         )
 
-    def _attest(self, context: grpc.aio.ServicerContext, now: datetime) -> SpiffeId:
+    async def _attest(self, context: grpc.aio.ServicerContext, now: datetime) -> SpiffeId:
         # Binary (`-bin`) entries carry bytes and are no credential of ours.
         metadata = {
             key.lower(): value
@@ -127,7 +129,9 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
         }
         try:
             peer = peer_spiffe_id(context)
-            return self._attestor.attest(metadata, peer, now)
+            # An attestor may wait on the network (a TokenReview), so it runs in a worker
+            # thread and other calls and xDS streams go on meanwhile.
+            return await asyncio.to_thread(self._attestor.attest, metadata, peer, now)
         except SvidError as exc:
             log.warning("ca.caller.rejected", reason=exc.defect, peer=context.peer(), detail=exc.message)
             raise RequestRejected(grpc.StatusCode.UNAUTHENTICATED, exc.message, exc.defect) from exc
