@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
     check = verbs.add_parser(
         "check",
         help="explain whether a call would be allowed, and which policy decides",
-        description="Decide one call with the RBAC configuration the callee's Envoy holds, and explain "
+        description="Decide one call with the RBAC configuration the callee's Envoy has, and explain "
         "the decision. Exits 0 whatever the decision; 1 when it cannot be decided.",
     )
     check.add_argument(
@@ -106,7 +106,7 @@ def _get(client: AdminClient, path: str, missing: str) -> dict[str, Any]:
 
 
 def resolve_caller(text: str, args: argparse.Namespace, client: AdminClient) -> dict[str, Any]:
-    """The caller's principal (None without a certificate), address, and how it was given."""
+    """Resolve `--from` to the caller's principal (None without a certificate) and address."""
     if text.lower() in NO_CERTIFICATE:
         return {"caller": "none", "principal": None, "address": None}
     if text.startswith(SCHEME_PREFIX):
@@ -131,7 +131,7 @@ def resolve_caller(text: str, args: argparse.Namespace, client: AdminClient) -> 
 
 
 def _node_address(node_id: str) -> str | None:
-    """The instance IP in a node ID `sidecar~<ip>~<workload>.<namespace>~...`."""
+    """Return the instance IP in a node ID `sidecar~<ip>~<workload>.<namespace>~...`."""
     parts = node_id.split("~")
     return parts[1] if len(parts) > 2 and parts[1] else None
 
@@ -187,10 +187,10 @@ def check(args: argparse.Namespace, client: AdminClient) -> tuple[Call, Outcome,
 
 def _from_line(record: dict[str, Any]) -> str:
     caller = record["from"]
-    who = caller["principal"] or "no certificate"
+    identity = caller["principal"] or "no certificate"
     if caller["caller"] not in (None, "none", caller["principal"]):
-        who = f"{caller['caller']} ({who})"
-    return f"{who}, {caller['transport']}, source IP {caller['source_ip']}"
+        identity = f"{caller['caller']} ({identity})"
+    return f"{identity}, {caller['transport']}, source IP {caller['source_ip']}"
 
 
 def _to_line(record: dict[str, Any]) -> str:
@@ -219,7 +219,7 @@ def _policy_label(entry: dict[str, Any]) -> str:
 
 
 def table_rows(record: dict[str, Any]) -> list[list[str]]:
-    """The explanation as label/value rows, one fact a row."""
+    """Lay out the explanation as label/value rows, one fact a row."""
     rows = [["Decision:", record["decision"]], ["Reason:", record["reason"]], ["From:", _from_line(record)], ["To:", _to_line(record)]]
     request = _request_line(record)
     if request is not None:

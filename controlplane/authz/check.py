@@ -2,8 +2,8 @@
 
 1. The listener and filter chain for the port and the connection's transport (TLS or not).
    A caller without a certificate cannot reach a port whose only chain requires mutual TLS,
-   and a port with only a plaintext chain never sees the caller's certificate, because the
-   caller's sidecar sends plaintext to it.
+   and a port with only a plaintext chain never receives the caller's certificate, because
+   the caller's sidecar sends plaintext to it.
 2. The network RBAC filters of the chain, on the connection.
 3. For HTTP, the connection manager's path rewriting (see `paths.py`), then the HTTP RBAC
    filters on the request with the rewritten path.
@@ -50,7 +50,7 @@ class Outcome:
     """What Envoy does with the call, and the evidence.
 
     `stage` names the step that decided: `transport` (no chain accepts the connection),
-    `network-rbac`, `path` (the connection manager answers 400 before any filter) or
+    `network-rbac`, `path` (the connection manager responds 400 before any filter) or
     `http-rbac`. `decision` is the RBAC decision of the deciding stage, None for the others.
     `principal_seen` is the principal the RBAC filters saw.
     """

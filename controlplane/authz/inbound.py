@@ -4,7 +4,7 @@ The input is a proxy's listeners in the JSON form of the control plane's debug A
 (`MessageToDict` output, lowerCamelCase with `@type` in each Any). In local mode each workload
 port is its own listener on `<proxy ip>:<port>`. In kubernetes mode every port is a filter
 chain of `virtualInbound`, chosen by `filter_chain_match.destination_port`. A PERMISSIVE port
-has a `tls` chain and a `raw_buffer` chain, which the TLS inspector tells apart.
+has a `tls` chain and a `raw_buffer` chain, which the TLS inspector distinguishes.
 
 Chain selection follows Envoy's order for the fields the translator sets: a chain naming the
 destination port beats one naming no port, then a chain naming the transport protocol beats
@@ -147,24 +147,14 @@ def select_chain(port_chains: PortChains, *, tls: bool) -> listener_components_p
     """
     for chain in port_chains.chains:
         _check_match_fields(chain)
-    wanted = "tls" if tls else "raw_buffer"
+    transport_protocol = "tls" if tls else "raw_buffer"
     chains = port_chains.chains
-    chosen = next((c for c in chains if c.filter_chain_match.transport_protocol == wanted), None)
+    chosen = next((c for c in chains if c.filter_chain_match.transport_protocol == transport_protocol), None)
     if chosen is None:
         chosen = next((c for c in chains if not c.filter_chain_match.transport_protocol), None)
     if chosen is None or chosen.HasField("transport_socket") != tls:
         return None
     return chosen
-
-
-def transports(port_chains: PortChains) -> list[Transport]:
-    """Which kinds of connection some chain of the port accepts: `mtls`, `plaintext` or both."""
-    accepted: list[Transport] = []
-    if select_chain(port_chains, tls=True) is not None:
-        accepted.append("mtls")
-    if select_chain(port_chains, tls=False) is not None:
-        accepted.append("plaintext")
-    return accepted
 
 
 def inbound_chain(listener: str, chain: listener_components_pb2.FilterChain) -> InboundChain:

@@ -34,7 +34,7 @@ def _policy_text(rbac_policy: str | None) -> str:
 
 
 def decision_reason(outcome: Outcome) -> str:
-    """The reason in AuthorizationPolicy terms, e.g. `allowed by ALLOW policy payments/x rule 0`."""
+    """Word the reason in AuthorizationPolicy terms, e.g. `allowed by ALLOW policy payments/x rule 0`."""
     decision = outcome.decision
     if decision is None:
         return outcome.reason
@@ -85,7 +85,7 @@ def _path_record(call: Call, outcome: Outcome) -> dict[str, Any] | None:
 
 
 def outcome_record(call: Call, outcome: Outcome, context: Mapping[str, Any]) -> dict[str, Any]:
-    """The whole explanation as one record.
+    """Build the whole explanation as one record.
 
     `context` supplies what the call does not hold: `caller` and `callee` as the user named
     them, `source_ip_given` (False when the source IP is a default), and `problems`, the

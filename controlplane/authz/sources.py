@@ -69,7 +69,7 @@ def dry_run_policy(filter_name: str) -> str | None:
 
 
 def describe_filter(filter_name: str) -> str:
-    """A short description of what an RBAC filter holds, for people reading a decision."""
+    """Describe in a few words what an RBAC filter contains, for people reading a decision."""
     dry_run = dry_run_policy(filter_name)
     if dry_run is not None:
         return f"dry-run policy {dry_run}"

@@ -76,8 +76,8 @@ REQUEST_PATHS = [
 # ----- policy generation ---------------------------------------------------------------------
 
 
-def _some(rng: random.Random, pool: list[str], most: int = 2) -> list[str]:
-    return rng.sample(pool, rng.randint(1, min(most, len(pool))))
+def _some(rng: random.Random, pool: list[str], maximum: int = 2) -> list[str]:
+    return rng.sample(pool, rng.randint(1, min(maximum, len(pool))))
 
 
 def gen_source(rng: random.Random) -> dict[str, Any]:
@@ -119,8 +119,8 @@ def gen_condition(rng: random.Random) -> dict[str, Any]:
         ("source.principal", PRINCIPALS[:-1]),
         ("destination.port", [str(HTTP_PORT), str(TCP_PORT)]),
     ])
-    which = "values" if rng.random() < 0.7 else "notValues"
-    return {"key": key, which: _some(rng, pool)}
+    field_name = "values" if rng.random() < 0.7 else "notValues"
+    return {"key": key, field_name: _some(rng, pool)}
 
 
 def gen_rule(rng: random.Random, action: str, callee: str, namespace: str) -> dict[str, Any]:
@@ -357,7 +357,7 @@ async def test_meshctl_agrees_with_envoy_on_generated_corpus(tmp_path: Path) -> 
 
     assert len(results) >= 200
     assert problems == []
-    # A corpus where every call gets the same answer would prove little.
+    # A corpus where every call gets the same decision would prove little.
     assert 0.15 < allowed / len(results) < 0.85
     fail_closed = [r for c, _e, r in results if c.callee == FAIL_CLOSED_CALLEE and c.protocol == "http"]
     assert fail_closed and all(r["decision"] == "DENY" for r in fail_closed)

@@ -1,7 +1,7 @@
 """The path `meshctl authz check` evaluates is the path Envoy forwards after normalizing it.
 
 A real Envoy runs the plaintext inbound chain the translator builds for a workload port (so the
-connection manager settings are the production ones), routed to a server that answers with the
+connection manager settings are the production ones), routed to a server that responds with the
 request-target it received. Each path of the unit-test table goes through it, and the result
 must equal `controlplane.authz.paths.normalize`: the forwarded path, or 400 when it rejects.
 """
@@ -47,7 +47,7 @@ OBJECTS = [
 
 
 class EchoTarget(socketserver.StreamRequestHandler):
-    """Answers 200 with the request-target of the request line as the body."""
+    """Respond 200 with the request-target of the request line as the body."""
 
     def handle(self) -> None:
         request_line = self.rfile.readline().decode("latin-1")

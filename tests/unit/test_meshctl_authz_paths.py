@@ -1,7 +1,7 @@
 """Path rewriting before authorization, as Envoy 1.40's connection manager does it.
 
 The expected values of INBOUND_CASES were observed on Envoy 1.40 with the settings of the
-translator's inbound connection manager; tests/integration/test_meshctl_authz_paths.py sends
+translator's inbound connection manager. tests/integration/test_meshctl_authz_paths.py sends
 the same paths through a real Envoy.
 """
 
@@ -15,7 +15,7 @@ from controlplane.authz.paths import PathSettings, canonicalize, merge_slashes, 
 
 INBOUND = PathSettings(normalize_path=True, merge_slashes=True, escaped_slashes_action="UNESCAPE_AND_FORWARD")
 
-# (sent, normalized); None means Envoy answers 400.
+# (sent, normalized). None means Envoy responds 400.
 INBOUND_CASES = [
     ("/v1/settlements/../admin", "/v1/admin"),
     ("/a/./b", "/a/b"),
