@@ -197,7 +197,7 @@ def _read_document(obj: Mapping[str, Any], errors: ObjectErrors) -> dict[str, An
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        errors.add(path, f"is not valid YAML{where}: {problem}", None)
+        errors.add(path, f"invalid YAML{where}: {problem}", None)
         return None
     if document is None:
         return {}

@@ -74,7 +74,7 @@ def _read_file(file: Path, display_name: str) -> tuple[list[tuple[int, dict[str,
         try:
             raw_documents = [json.loads(text)]
         except json.JSONDecodeError as exc:
-            return [], _error(display_name, 1, exc.lineno, f"is not valid JSON: {exc.msg}", exc)
+            return [], _error(display_name, 1, exc.lineno, f"invalid JSON: {exc.msg}", exc)
     else:
         raw_documents = []
         try:
@@ -86,7 +86,7 @@ def _read_file(file: Path, display_name: str) -> tuple[list[tuple[int, dict[str,
             mark = getattr(exc, "problem_mark", None)
             line = mark.line + 1 if mark is not None else None
             problem = getattr(exc, "problem", None) or str(exc)
-            return [], _error(display_name, len(raw_documents) + 1, line, f"is not valid YAML: {problem}", exc)
+            return [], _error(display_name, len(raw_documents) + 1, line, f"invalid YAML: {problem}", exc)
 
     documents: list[tuple[int, dict[str, Any]]] = []
     for index, document in enumerate(raw_documents, start=1):

@@ -270,7 +270,7 @@ def test_unreadable_file_is_an_error(tmp_path):
             "code": "unreadable-file",
             "object": "broken.yaml",
             "path": "document 1 line 2",
-            "message": "is not valid YAML: expected the node content, but found '<stream end>'",
+            "message": "invalid YAML: expected the node content, but found '<stream end>'",
         }
     ]
 

@@ -29,14 +29,14 @@ def test_bad_yaml_reported_with_document_and_line_and_skipped(tmp_path):
     assert error.file == "bad.yaml"
     assert error.document == 2
     assert error.line == 7
-    assert str(error).startswith("bad.yaml document 2 line 7: is not valid YAML: ")
+    assert str(error).startswith("bad.yaml document 2 line 7: invalid YAML: ")
     assert error.__cause__ is not None
 
 
 def test_bad_json_reported(tmp_path):
     (tmp_path / "bad.json").write_text('{\n "kind": }')
     (error,) = load_folder(tmp_path).errors
-    assert str(error) == "bad.json document 1 line 2: is not valid JSON: Expecting value"
+    assert str(error) == "bad.json document 1 line 2: invalid JSON: Expecting value"
 
 
 def test_document_without_kind_reported(tmp_path):
@@ -89,4 +89,4 @@ def test_missing_folder_reported(tmp_path):
 def test_impossible_date_reported_not_raised(tmp_path):
     (tmp_path / "date.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: a, labels: {since: 2024-02-30}}\n")
     (error,) = load_folder(tmp_path).errors
-    assert str(error) == "date.yaml document 1: is not valid YAML: day is out of range for month"
+    assert str(error) == "date.yaml document 1: invalid YAML: day is out of range for month"

@@ -69,7 +69,7 @@ EXPECTED = {
         'ConfigMap idmesh-system/idmesh: data.mesh.trustdomain: unknown field "trustdomain"; accepted fields are trustDomain, trustDomainAliases, rootNamespace, defaultCertificateTTL, maxCertificateTTL, defaultMtlsMode, clusterDomain, pushDebounce, pushMaxDelay',
     ],
     'mesh-yaml-invalid.yaml': [
-        "ConfigMap idmesh-system/idmesh: data.mesh: is not valid YAML at line 2: expected ',' or ']', but got '<stream end>'",
+        "ConfigMap idmesh-system/idmesh: data.mesh: invalid YAML at line 2: expected ',' or ']', but got '<stream end>'",
     ],
     'method-lower-case.yaml': [
         'AuthorizationPolicy payments/method-lower-case: spec.rules[0].to[0].operation.methods[1]: "get" is not an HTTP method; use upper case',
