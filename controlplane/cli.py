@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from controlplane import log as logging_setup
-from controlplane.errors import MeshError, SpiffeIdError
+from controlplane.errors import ConfigError, MeshError, SpiffeIdError
 from controlplane.identity.ca import CertificateAuthority
 from controlplane.identity.join_token import DEFAULT_TTL as JOIN_TOKEN_DEFAULT_TTL
 from controlplane.identity.join_token import JoinTokenIssuer, load_join_token_key
@@ -35,6 +35,8 @@ PROGRAM = "controlplane"
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
+# A DNS subdomain name (RFC 1123), which is what Kubernetes accepts as a Secret name.
+_SECRET_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _DURATION = re.compile(r"(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?")
 
 
@@ -75,6 +77,15 @@ def parse_namespace(text: str) -> str:
         SpiffeId.for_workload(DEFAULT_TRUST_DOMAIN, text, "service-account")
     except SpiffeIdError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
+def parse_secret_name(text: str) -> str:
+    if not _SECRET_NAME.fullmatch(text) or len(text) > 253:
+        raise argparse.ArgumentTypeError(
+            f"invalid Secret name {text!r}: use lower case letters, digits, '-' and '.', "
+            "starting and ending with a letter or digit"
+        )
     return text
 
 
@@ -128,8 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(handler=command_token_create)
 
     serve = commands.add_parser("serve", help="run the control plane")
-    serve.add_argument("--ca-dir", type=Path, required=True,
-                       help="CA directory; a new CA is created there on first start")
+    ca_source = serve.add_mutually_exclusive_group(required=True)
+    ca_source.add_argument("--ca-dir", type=Path,
+                           help="CA directory; a new CA is created there on first start")
+    ca_source.add_argument("--ca-secret", type=parse_secret_name, metavar="NAME",
+                           help="with --source kubernetes: Secret in the root namespace that contains the CA; "
+                                "the leader creates it on first start, and other replicas wait for it")
     serve.add_argument("--trust-domain", type=parse_trust_domain, default=DEFAULT_TRUST_DOMAIN,
                        help="trust domain for a CA created on first start (default %(default)s)")
     serve.add_argument("--root-namespace", type=parse_namespace, default=DEFAULT_ROOT_NAMESPACE,
@@ -154,7 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--kubeconfig", type=Path, default=None,
                        help="with --source kubernetes: kubeconfig file (default: in-cluster, then ~/.kube/config)")
     serve.add_argument("--context", default=None, help="with --source kubernetes: kubeconfig context to use")
-    serve.set_defaults(handler=command_serve)
+    serve.add_argument("--webhook-address", type=parse_address, default=None, metavar="HOST:PORT",
+                       help="with --source kubernetes: HOST:PORT for the sidecar injection webhook (HTTPS, "
+                            "certificate from the mesh CA); without it no webhook runs")
+    serve.add_argument("--proxy-image", default=None, metavar="IMAGE",
+                       help="image of the sidecar and init containers the webhook injects "
+                            "(default: the proxy image of this release)")
+    serve.add_argument("--sidecar-control-plane", type=parse_address, default=None, metavar="HOST:PORT",
+                       help="control plane address injected sidecars connect to "
+                            "(default idmesh-controlplane.<root namespace>.svc:15012)")
+    serve.set_defaults(handler=command_serve, usage_error=serve.error)
     return parser
 
 
@@ -204,22 +228,31 @@ def command_serve(args: argparse.Namespace) -> int:
     # Imported here so that the one-shot commands start without loading grpc and aiohttp.
     from controlplane.server.serve import ServeOptions, load_or_create_ca, run
 
+    try:
+        options = ServeOptions(
+            ca_dir=args.ca_dir,
+            ca_secret=args.ca_secret,
+            trust_domain=args.trust_domain,
+            root_namespace=args.root_namespace,
+            grpc_address=args.grpc_address,
+            bootstrap_address=args.bootstrap_address,
+            admin_address=args.admin_address,
+            source=args.source,
+            local_addresses=args.local_addresses,
+            kubeconfig=args.kubeconfig,
+            kube_context=args.context,
+            webhook_address=args.webhook_address,
+            sidecar_control_plane=args.sidecar_control_plane,
+            **({"proxy_image": args.proxy_image} if args.proxy_image else {}),
+        )
+    except ConfigError as exc:
+        args.usage_error(str(exc))
     logging_setup.configure(level=args.log_level, json=args.log_format == "json")
-    options = ServeOptions(
-        ca_dir=args.ca_dir,
-        trust_domain=args.trust_domain,
-        root_namespace=args.root_namespace,
-        grpc_address=args.grpc_address,
-        bootstrap_address=args.bootstrap_address,
-        admin_address=args.admin_address,
-        source=args.source,
-        local_addresses=args.local_addresses,
-        kubeconfig=args.kubeconfig,
-        kube_context=args.context,
-    )
-    ca, created = load_or_create_ca(options.ca_dir, trust_domain=options.trust_domain, now=_now())
-    if created:
-        print(f"created a new CA for trust domain {ca.trust_domain} in {options.ca_dir}", flush=True)
+    ca = None
+    if options.ca_dir is not None:
+        ca, created = load_or_create_ca(options.ca_dir, trust_domain=options.trust_domain, now=_now())
+        if created:
+            print(f"created a new CA for trust domain {ca.trust_domain} in {options.ca_dir}", flush=True)
     asyncio.run(run(options, ca, clock=_now, announce=lambda line: print(line, flush=True)))
     return 0
 

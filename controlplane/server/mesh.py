@@ -127,6 +127,11 @@ class MeshRuntime:
         if self._kubernetes_source is not None:
             await self._kubernetes_source.stop()
 
+    @property
+    def kubernetes_source(self) -> Any:
+        """The running `KubernetesSource` with source `kubernetes` after `start()`, else None."""
+        return self._kubernetes_source
+
     def ready(self) -> bool | str:
         """Ready once the source has delivered its first complete reading."""
         return True if self._ready.is_set() else f"waiting for the first reading of source {self.source.kind}"

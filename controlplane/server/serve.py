@@ -3,7 +3,8 @@
 `ControlPlane` owns the running parts. Components that other packages add (configuration
 sources, the ADS server) register with `control_plane.grpc` (`add_service`) and
 `control_plane.admin` (`add_json_route`, `add_readiness_check`) in `build_control_plane`,
-before `start()`.
+before `start()`. With `--source kubernetes`, `kubernetes_mode.KubernetesMode` adds leader
+election, the CA Secret, the leader's duties and the injection webhook.
 """
 
 from __future__ import annotations
@@ -14,17 +15,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from controlplane.admin import AdminServer
 from controlplane.admin.debug import register_debug_routes
 from controlplane.api import ca_pb2_grpc
+from controlplane.errors import ConfigError
 from controlplane.identity.ca import CA_FILES, CertificateAuthority
 from controlplane.identity.join_token import JoinTokenIssuer, load_join_token_key
 from controlplane.identity.keys import DEFAULT_KEY_TYPE
 from controlplane.identity.pemfiles import certificate_to_pem
+from controlplane.injector.settings import InjectionSettings
 from controlplane.log import get_logger
 from controlplane.model.types import DEFAULT_ROOT_NAMESPACE, DEFAULT_TRUST_DOMAIN
-from controlplane.server.attestation import FirstCredentialAttestor, JoinTokenAttestor, PeerSvidAttestor
+from controlplane.server.attestation import (
+    MISSING_SERVICE_ACCOUNT_TOKEN,
+    Attestor,
+    FirstCredentialAttestor,
+    JoinTokenAttestor,
+    PeerSvidAttestor,
+)
 from controlplane.server.ca_service import CertificateServicer
 from controlplane.server.addresses import (
     DEFAULT_ADMIN_ADDRESS,
@@ -35,7 +45,8 @@ from controlplane.server.addresses import (
 from controlplane.server.grpc_server import GrpcServer
 from controlplane.server.mesh import MeshRuntime, SourceSpec, load_local_addresses
 from controlplane.translate import translate
-from controlplane.model.types import MeshConfig
+from controlplane.model.types import MeshConfig, MeshState
+from controlplane.translate.resources import CONTROL_PLANE_GRPC_PORT
 from controlplane.xds.cache import SnapshotCache
 from controlplane.xds.debounce import DebounceSettings
 from controlplane.xds.metrics import XdsMetrics
@@ -48,6 +59,9 @@ from controlplane.server.tls import (
     control_plane_spiffe_id,
     keep_serving_certificate_fresh,
 )
+
+if TYPE_CHECKING:
+    from controlplane.server.kubernetes_mode import KubernetesMode
 
 log = get_logger("server")
 
@@ -70,9 +84,14 @@ Clock = Callable[[], datetime]
 
 @dataclass(frozen=True, slots=True)
 class ServeOptions:
-    """Settings of `controlplane serve`; addresses are HOST:PORT, port 0 picks a free port."""
+    """Settings of `controlplane serve`; addresses are HOST:PORT, port 0 picks a free port.
 
-    ca_dir: Path
+    The CA comes from exactly one of `ca_dir` (a directory, created on first start) and
+    `ca_secret` (a Secret in the root namespace; Kubernetes mode only).
+    """
+
+    ca_dir: Path | None = None
+    ca_secret: str | None = None
     trust_domain: str = DEFAULT_TRUST_DOMAIN
     root_namespace: str = DEFAULT_ROOT_NAMESPACE
     grpc_address: str = DEFAULT_MTLS_ADDRESS
@@ -87,6 +106,31 @@ class ServeOptions:
     kube_context: str | None = None
     push_debounce_seconds: float = 0.1
     push_max_delay_seconds: float = 1.0
+    # Kubernetes mode: HOST:PORT of the injection webhook, None for no webhook.
+    webhook_address: str | None = None
+    # Kubernetes mode: what the webhook injects.
+    proxy_image: str = InjectionSettings().proxy_image
+    # The control plane HOST:PORT injected sidecars dial; None means the Service in the root namespace.
+    sidecar_control_plane: str | None = None
+
+    def __post_init__(self) -> None:
+        if (self.ca_dir is None) == (self.ca_secret is None):
+            raise ConfigError("give exactly one CA source: --ca-dir DIR or --ca-secret NAME",
+                              ca_dir=self.ca_dir, ca_secret=self.ca_secret)
+        kubernetes = self.source == "kubernetes"
+        if self.ca_secret is not None and not kubernetes:
+            raise ConfigError(f"--ca-secret needs --source kubernetes, but the source is {self.source!r}; "
+                              "use --ca-dir for other sources", source=self.source)
+        if self.webhook_address is not None and not kubernetes:
+            raise ConfigError(f"--webhook-address needs --source kubernetes, but the source is {self.source!r}: "
+                              "the webhook reads namespace labels from the Kubernetes API", source=self.source)
+
+    def injection_settings(self, trust_domain: str) -> InjectionSettings:
+        """Return what the webhook injects into pods of a mesh with `trust_domain`."""
+        address = self.sidecar_control_plane
+        if address is None:
+            address = f"{control_plane_dns_names(self.root_namespace)[0]}:{CONTROL_PLANE_GRPC_PORT}"
+        return InjectionSettings(proxy_image=self.proxy_image, control_plane_address=address, trust_domain=trust_domain)
 
 
 def load_or_create_ca(ca_dir: Path, *, trust_domain: str, now: datetime) -> tuple[CertificateAuthority, bool]:
@@ -138,6 +182,7 @@ class ControlPlane:
         mesh: MeshRuntime | None = None,
         cache: SnapshotCache | None = None,
         ads: AggregatedDiscoveryServer | None = None,
+        kubernetes: KubernetesMode | None = None,
     ) -> None:
         self.ca = ca
         self.grpc = grpc
@@ -145,6 +190,7 @@ class ControlPlane:
         self.mesh = mesh
         self.cache = cache
         self.ads = ads
+        self.kubernetes = kubernetes
         self.credentials = credentials
         self._issue_serving_material = issue_serving_material
         self._clock = clock
@@ -162,6 +208,8 @@ class ControlPlane:
         )
         renewal.add_done_callback(_log_task_failure)
         self._tasks.append(renewal)
+        if self.kubernetes is not None:
+            await self.kubernetes.start()
         await self.admin.start()
         self._started = True
 
@@ -171,6 +219,9 @@ class ControlPlane:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        if self.kubernetes is not None:
+            # Before the gRPC grace period, so another replica takes over the leader's duties during it.
+            await self.kubernetes.stop()
         await self.grpc.stop(self._grace)
         if self.mesh is not None:
             await self.mesh.stop()
@@ -192,8 +243,35 @@ def _log_task_failure(task: asyncio.Task[None]) -> None:
         log.error("server.task.failed", task=task.get_name(), error=repr(task.exception()))
 
 
-def build_control_plane(options: ServeOptions, ca: CertificateAuthority, *, clock: Clock) -> ControlPlane:
-    """Wire the parts of the control plane together without starting anything."""
+def kubernetes_mode_for(options: ServeOptions, *, clock: Clock) -> KubernetesMode | None:
+    """Return the Kubernetes-mode parts for `--source kubernetes`, not started, or None for other sources."""
+    if options.source != "kubernetes":
+        return None
+    from controlplane.server.kubernetes_mode import KubernetesMode
+    from controlplane.sources.kubernetes import load_client_configuration
+
+    configuration = load_client_configuration(kubeconfig=options.kubeconfig, context=options.kube_context)
+    return KubernetesMode(configuration=configuration, root_namespace=options.root_namespace, clock=clock)
+
+
+def build_control_plane(
+    options: ServeOptions,
+    ca: CertificateAuthority,
+    *,
+    clock: Clock,
+    kubernetes: KubernetesMode | None = None,
+) -> ControlPlane:
+    """Wire the parts of the control plane together without starting anything.
+
+    With `--source kubernetes`, pass the `KubernetesMode` that loaded the CA from its Secret,
+    or None to have one made here (a CA from `--ca-dir`).
+    """
+    if kubernetes is None:
+        kubernetes = kubernetes_mode_for(options, clock=clock)
+    ca_files = options.ca_dir if options.ca_dir is not None else kubernetes.ca_directory if kubernetes else None
+    if ca_files is None:
+        raise ConfigError(f"the CA Secret {options.ca_secret!r} is not loaded; call KubernetesMode.load_ca first",
+                          ca_secret=options.ca_secret)
     issue = serving_material_issuer(ca, root_namespace=options.root_namespace)
     credentials = ServingCredentials(issue(clock()))
     grpc_server = GrpcServer(
@@ -204,13 +282,21 @@ def build_control_plane(options: ServeOptions, ca: CertificateAuthority, *, cloc
     admin_host, admin_port = split_address(options.admin_address)
     admin = AdminServer(host=admin_host, port=admin_port)
 
-    join_tokens = JoinTokenIssuer(load_join_token_key(options.ca_dir), trust_domain=ca.trust_domain)
-    attestor = FirstCredentialAttestor([JoinTokenAttestor(join_tokens), PeerSvidAttestor(ca.trust_domain)])
+    join_tokens = JoinTokenIssuer(load_join_token_key(ca_files), trust_domain=ca.trust_domain)
+    attestors: list[Attestor] = [JoinTokenAttestor(join_tokens), PeerSvidAttestor(ca.trust_domain)]
+    if kubernetes is None:
+        attestor = FirstCredentialAttestor(attestors)
+    else:
+        # ServiceAccount tokens are JWTs, and this attestor leaves other bearer tokens to the next.
+        attestor = FirstCredentialAttestor([kubernetes.token_attestor(ca.trust_domain), *attestors],
+                                           missing_message=MISSING_SERVICE_ACCOUNT_TOKEN)
     grpc_server.add_service(
         ca_pb2_grpc.add_CertificateServiceServicer_to_server,
         CertificateServicer(ca, attestor, clock=clock),
     )
-    mesh, cache, ads = _build_mesh(options, ca, grpc_server, admin)
+    mesh, cache, ads = _build_mesh(options, ca, grpc_server, admin, kubernetes=kubernetes)
+    if kubernetes is not None:
+        _attach_kubernetes_mode(kubernetes, options, ca, mesh, clock=clock)
 
     control_plane = ControlPlane(
         ca=ca,
@@ -223,22 +309,41 @@ def build_control_plane(options: ServeOptions, ca: CertificateAuthority, *, cloc
         mesh=mesh,
         cache=cache,
         ads=ads,
+        kubernetes=kubernetes,
     )
     admin.add_readiness_check("ca", control_plane.ready)
     return control_plane
 
 
+def _attach_kubernetes_mode(
+    kubernetes: KubernetesMode, options: ServeOptions, ca: CertificateAuthority, mesh: MeshRuntime, *, clock: Clock
+) -> None:
+    from controlplane.server.kubernetes_mode import WebhookServer, namespace_labels
+
+    kubernetes.attach(ca=ca, mesh=mesh)
+    if options.webhook_address is not None:
+        kubernetes.webhook = WebhookServer(
+            ca=ca,
+            root_namespace=options.root_namespace,
+            settings=options.injection_settings(ca.trust_domain),
+            labels_of=lambda namespace: namespace_labels(mesh.kubernetes_source, namespace),
+            address=options.webhook_address,
+            clock=clock,
+        )
+
+
 def _build_mesh(
-    options: ServeOptions, ca: CertificateAuthority, grpc_server: GrpcServer, admin: AdminServer
+    options: ServeOptions,
+    ca: CertificateAuthority,
+    grpc_server: GrpcServer,
+    admin: AdminServer,
+    *,
+    kubernetes: KubernetesMode | None = None,
 ) -> tuple[MeshRuntime, SnapshotCache, AggregatedDiscoveryServer]:
     """Wire source -> model -> translator -> snapshot cache -> ADS, and their admin routes."""
     source = SourceSpec.parse(options.source)
     local_addresses = load_local_addresses(options.local_addresses) if options.local_addresses else None
-    kubernetes_configuration = None
-    if source.kind == "kubernetes":
-        from controlplane.sources.kubernetes import load_client_configuration
-
-        kubernetes_configuration = load_client_configuration(kubeconfig=options.kubeconfig, context=options.kube_context)
+    kubernetes_configuration = kubernetes.configuration if kubernetes is not None else None
 
     def trust_bundle_pem() -> bytes:
         return ca.trust_bundle().to_pem().encode()
@@ -251,10 +356,16 @@ def _build_mesh(
     ads = AggregatedDiscoveryServer(cache, metrics=shared_xds_metrics())
     grpc_server.add_service(ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server, ads)
     base_config = MeshConfig(trust_domain=ca.trust_domain, root_namespace=options.root_namespace)
+
+    def publish(state: MeshState) -> None:
+        cache.update(state)
+        if kubernetes is not None:
+            kubernetes.state_published(state)
+
     mesh = MeshRuntime(
         source,
         base_config=base_config,
-        publish=cache.update,
+        publish=publish,
         local_addresses=local_addresses,
         kubernetes_configuration=kubernetes_configuration,
     )
@@ -263,26 +374,65 @@ def _build_mesh(
     return mesh, cache, ads
 
 
-async def run(options: ServeOptions, ca: CertificateAuthority, *, clock: Clock, announce: Callable[[str], None]) -> None:
+async def run(
+    options: ServeOptions, ca: CertificateAuthority | None, *, clock: Clock, announce: Callable[[str], None]
+) -> None:
     """Run the control plane until SIGTERM or SIGINT, then shut down gracefully.
 
-    `announce` receives one line with the bound addresses once everything listens.
+    `ca` is the CA from `--ca-dir`, or None with `--ca-secret`: then the CA is loaded from the
+    Secret once this replica takes part in the leader election. `announce` receives a line
+    when a CA is created in the Secret, and one line with the bound ports once everything listens.
     """
-    control_plane = build_control_plane(options, ca, clock=clock)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    kubernetes = kubernetes_mode_for(options, clock=clock)
+    control_plane: ControlPlane | None = None
     try:
+        if ca is None:
+            ca = await _load_ca_from_secret(options, kubernetes, stop=stop, announce=announce)
+        if ca is None:
+            return
+        control_plane = build_control_plane(options, ca, clock=clock, kubernetes=kubernetes)
         await control_plane.start()
-        announce(
+        line = (
             f"serving: grpc-mtls port {control_plane.grpc.mtls_port}, "
             f"grpc-bootstrap port {control_plane.grpc.bootstrap_port}, admin port {control_plane.admin.port}"
         )
+        if kubernetes is not None and kubernetes.webhook is not None:
+            line += f", webhook port {kubernetes.webhook.port}"
+        announce(line)
         await stop.wait()
         log.info("server.shutdown.started")
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
-        await control_plane.stop()
+        if control_plane is not None:
+            await control_plane.stop()
+        elif kubernetes is not None:
+            await kubernetes.stop()
     log.info("server.shutdown.complete")
+
+
+async def _load_ca_from_secret(
+    options: ServeOptions, kubernetes: KubernetesMode | None, *, stop: asyncio.Event, announce: Callable[[str], None]
+) -> CertificateAuthority | None:
+    """Load the CA from `--ca-secret`; return None if `stop` is set first, as a replica waiting for the leader may be."""
+    if kubernetes is None or options.ca_secret is None:
+        raise ConfigError("--ca-secret needs --source kubernetes", source=options.source)
+    loading = asyncio.create_task(kubernetes.load_ca(secret_name=options.ca_secret, trust_domain=options.trust_domain))
+    stopping = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not loading.done():
+            loading.cancel()
+        await asyncio.gather(loading, stopping, return_exceptions=True)
+    if loading.cancelled():
+        return None
+    ca = loading.result()
+    if kubernetes.created_ca:
+        announce(f"created a new CA for trust domain {ca.trust_domain} in Secret {options.root_namespace}/{options.ca_secret}")
+    return ca
