@@ -13,11 +13,22 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from controlplane.errors import MeshError
-from controlplane.local.plan import DEFAULT_SUBNET
-from controlplane.local.up import UpOptions, check_scenario, start_mesh, stop_mesh, verdict_rows, wait_for_stop, workload_rows
+from controlplane.errors import ConfigError, MeshError
+from controlplane.local.plan import DEFAULT_SUBNET, plan_local_mesh
+from controlplane.local.scenario import parse_scenario
+from controlplane.model.types import MeshState
+from controlplane.local.up import SCENARIO_FILE, UpOptions, check_scenario, start_mesh, stop_mesh, verdict_rows, wait_for_stop, workload_rows
 from meshctl.cli import EXIT_OK, EXIT_PROBLEMS, UsageError
 from meshctl.output import Column, add_output_argument, render
+
+
+def parse_subnet(text: str) -> str:
+    """Check a local-mode subnet for argparse, so a bad one is a usage error."""
+    try:
+        plan_local_mesh(MeshState(), subnet=text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
 
 
 def parse_duration(text: str) -> int:
@@ -66,7 +77,7 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("folder", metavar="DIR", type=Path, help="folder of Kubernetes YAML (and scenario.yaml for --check)")
     parser.add_argument("--check", action="store_true", help="run DIR/scenario.yaml, print the results and stop; exit 1 on any mismatch")
-    parser.add_argument("--subnet", default=DEFAULT_SUBNET, help="loopback subnet for workload addresses, a /16 in 127.0.0.0/8 (default: %(default)s)")
+    parser.add_argument("--subnet", type=parse_subnet, default=DEFAULT_SUBNET, help="loopback subnet for workload addresses: a /16 or larger prefix inside 127.0.0.0/8 (default: %(default)s)")
     parser.add_argument("--run-dir", type=Path, default=None, help="folder for the CA, logs and sockets (default: a new temporary folder)")
     parser.add_argument("--ads", choices=("grpc", "delta"), default="grpc", help="ADS flavour the sidecars use: state of the world or delta (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=90.0, metavar="SECONDS", help="how long to wait for the mesh to be ready (default: %(default)s)")
@@ -79,6 +90,12 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     if not args.folder.is_dir():
         raise UsageError(f"{args.folder} is not a folder")
+    if args.check:
+        # Check the scenario before starting anything, so a typo costs no mesh start-up.
+        scenario = args.folder / SCENARIO_FILE
+        if not scenario.is_file():
+            raise UsageError(f"{scenario} not found; --check runs the calls in that file (see docs/local-mode.md)")
+        parse_scenario(scenario.read_text(), source=str(scenario))
     options = UpOptions(
         folder=args.folder,
         check=args.check,
@@ -103,6 +120,7 @@ async def _run(options: UpOptions, args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     mesh = None
+    succeeded = False
     try:
         mesh = await start_mesh(options, progress=args.stderr)
         if options.check:
@@ -110,18 +128,27 @@ async def _run(options: UpOptions, args: argparse.Namespace) -> int:
             args.stdout.write(render(verdict_rows(verdicts), VERDICT_COLUMNS, options.output))
             failed = sum(1 for verdict in verdicts if not verdict.passed)
             args.stderr.write(f"{len(verdicts) - failed} passed, {failed} failed\n")
-            if failed:
-                args.stderr.write(f"logs of every process are in {mesh.processes.log_dir}\n")
+            succeeded = not failed
             return EXIT_PROBLEMS if failed else EXIT_OK
         args.stdout.write(render(workload_rows(mesh), WORKLOAD_COLUMNS, options.output))
         args.stdout.flush()
         args.stderr.write(f"mesh is up; logs in {mesh.processes.log_dir}. Press Ctrl-C to stop.\n")
         args.stderr.flush()
-        await wait_for_stop(mesh, stop)
+        await wait_for_stop(mesh, stop, report=lambda problem: _warn(args.stderr, problem))
+        succeeded = True
         return EXIT_OK
     finally:
         if mesh is not None:
-            args.stderr.write("stopping the mesh ...\n")
-            await stop_mesh(mesh)
+            args.stderr.write("stopping the mesh ... ")
+            args.stderr.flush()
+            await stop_mesh(mesh, keep_run_dir=not succeeded)
+            args.stderr.write("ok\n")
+            if mesh.run_dir.exists():
+                args.stderr.write(f"run folder kept: {mesh.run_dir} (logs, and the CA's private key: delete it when done)\n")
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(signum)
+
+
+def _warn(stream, problem: str) -> None:
+    stream.write(f"warning: {problem}\n")
+    stream.flush()

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from controlplane.errors import SvidError
 from controlplane.identity.spiffe_id import SpiffeId
-from controlplane.identity.svid import validate_svid
+from controlplane.identity.svid import format_serial, validate_svid
 
 
 def generate_private_key() -> ec.EllipticCurvePrivateKey:
@@ -72,8 +72,8 @@ class Svid:
 
     @property
     def serial(self) -> str:
-        """The leaf's serial number in lower-case hex, as `openssl x509 -serial` prints it."""
-        return format(self.leaf.serial_number, "x")
+        """The leaf's serial number in lower-case hex of whole bytes, as Envoy's `/certs` prints it."""
+        return format_serial(self.leaf.serial_number)
 
     @property
     def not_before(self) -> datetime:

@@ -31,6 +31,7 @@ from cryptography import x509
 
 from controlplane.errors import CAError, CSRRejected, SpiffeIdError, UnsupportedKeyError
 from controlplane.identity import certificates, join_token
+from controlplane.identity.svid import format_serial
 from controlplane.identity.bundle import TrustBundle
 from controlplane.identity.ca_chain import check_signing_chain, find_root_for_key
 from controlplane.identity.csr import public_key_from_csr
@@ -261,7 +262,7 @@ class CertificateAuthority:
             log.warning("ca.csr.rejected", principal=str(identity), reason=exc.reason, detail=exc.message)
             raise
         issued = self._sign(public_key, identity=identity, ttl=lifetime, now=now)
-        log.info("ca.csr.signed", principal=str(identity), serial=f"{issued.serial:x}",
+        log.info("ca.csr.signed", principal=str(identity), serial=format_serial(issued.serial),
                  not_after=issued.not_after.isoformat())
         return issued
 
@@ -286,7 +287,7 @@ class CertificateAuthority:
             raise CAError(f"cannot issue an SVID for {identity}: {exc.message}", reason=exc.reason) from exc
         key = generate_private_key(key_type)
         issued = self._sign(key.public_key(), identity=identity, ttl=lifetime, now=now, dns_names=dns_names)
-        log.info("ca.svid.issued", principal=str(identity), serial=f"{issued.serial:x}",
+        log.info("ca.svid.issued", principal=str(identity), serial=format_serial(issued.serial),
                  not_after=issued.not_after.isoformat())
         return issued, private_key_to_pem(key)
 

@@ -171,3 +171,14 @@ def _check_validity(certificate: x509.Certificate, now: datetime) -> None:
         raise _defect(certificate, "not-yet-valid", f"it is not valid before {not_before.isoformat()}")
     if now > not_after:
         raise _defect(certificate, "expired", f"it expired at {not_after.isoformat()}")
+
+
+def format_serial(serial: int) -> str:
+    """Format a certificate serial as lower-case hex of whole bytes, as Envoy prints it.
+
+    Envoy's `/certs` and the `%DOWNSTREAM_PEER_SERIAL%` access log field print every byte of the
+    DER integer, so a serial whose first byte is below 0x10 keeps its leading zero. Using the same
+    form everywhere lets a serial from our logs be found in Envoy's.
+    """
+    digits = format(serial, "x")
+    return digits if len(digits) % 2 == 0 else "0" + digits

@@ -79,7 +79,7 @@ async def run_calls(calls: Sequence[Call], *, state: MeshState, plan: LocalPlan,
             outcome = await run_call(call, state=state, plan=plan, timeout=timeout)
         except ConfigError as exc:
             # A call that cannot be routed fails on its own; the other calls still run.
-            outcome = Outcome(result="reset", detail=str(exc))
+            outcome = Outcome(result="error", detail=str(exc))
             verdicts.append(Verdict(call=call, outcome=outcome, passed=False, reasons=(str(exc),)))
             continue
         verdicts.append(judge(call, outcome))

@@ -59,7 +59,8 @@ class Call:
 class Outcome:
     """Result of one call: an HTTP status, `ok` for a TCP echo round trip, or `reset`."""
 
-    result: int | Literal["ok", "reset"]
+    # `error` means the call could not be made at all, e.g. its caller is not in the mesh.
+    result: int | Literal["ok", "reset", "error"]
     principal: str | None = None
     detail: str = ""
 
@@ -120,6 +121,17 @@ def parse_call(raw: Any, *, index: int, source: str) -> Call:
     base = f"calls[{index}]"
     if not isinstance(raw, dict):
         raise _error("a call must be a mapping", path=base, value=raw, source=source)
+    try:
+        return _parse_call_fields(raw, index=index, base=base, source=source)
+    except ValidationError as exc:
+        name = raw.get("name")
+        if not isinstance(name, str) or not name:
+            raise
+        # Name the call as well as its index: a reader finds a call in the file by its name.
+        raise _error(f'{exc.detail} (call "{name}")', path=exc.path, value=exc.value, source=source) from exc
+
+
+def _parse_call_fields(raw: dict, *, index: int, base: str, source: str) -> Call:
     unknown = sorted(set(raw) - CALL_FIELDS)
     if unknown:
         raise _error(f"unknown field {unknown[0]!r}; known fields: {', '.join(sorted(CALL_FIELDS))}", path=base, value=unknown[0], source=source)

@@ -75,6 +75,10 @@ class LocalMesh:
     # Unix socket paths are limited to 107 bytes, so sockets live in a short temporary folder
     # rather than under the run folder, which can be deep.
     socket_dir: Path
+    # True when `meshctl up` made the run folder itself; it is then removed after a clean run.
+    temporary_run_dir: bool = False
+    # Problems found in the folder at start, already shown to the user.
+    problems: tuple[str, ...] = ()
 
 
 def _python_tool(name: str) -> str:
@@ -215,6 +219,7 @@ async def start_mesh(options: UpOptions, *, progress: TextIO = sys.stderr) -> Lo
     if not plan.workloads:
         raise ConfigError(f"{options.folder} defines no workloads (Deployments or Pods)", path=str(options.folder))
 
+    temporary_run_dir = options.run_dir is None
     run_dir = options.run_dir or Path(tempfile.mkdtemp(prefix="idmesh-up-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     ca_dir = run_dir / "ca"
@@ -222,7 +227,10 @@ async def start_mesh(options: UpOptions, *, progress: TextIO = sys.stderr) -> Lo
     grpc_address = f"{plan.control_plane_address}:{CONTROL_PLANE_GRPC_PORT}"
     admin_url = f"http://{plan.control_plane_address}:{ADMIN_PORT}"
     socket_dir = Path(tempfile.mkdtemp(prefix="idmesh-"))
-    mesh = LocalMesh(state, plan, run_dir, processes, admin_url, grpc_address, socket_dir)
+    mesh = LocalMesh(
+        state, plan, run_dir, processes, admin_url, grpc_address, socket_dir, temporary_run_dir,
+        problems=tuple(str(problem) for problem in problems),
+    )
     deadline = time.monotonic() + options.ready_timeout
     try:
         done = _progress(progress, f"creating the mesh CA in {ca_dir}")
@@ -298,9 +306,16 @@ async def start_mesh(options: UpOptions, *, progress: TextIO = sys.stderr) -> Lo
     return mesh
 
 
-async def stop_mesh(mesh: LocalMesh) -> None:
+async def stop_mesh(mesh: LocalMesh, *, keep_run_dir: bool = True) -> None:
+    """Stop every process; remove the sockets, and the run folder when it is temporary and unwanted.
+
+    The run folder holds the CA's private key as well as the logs, so a temporary one is not left
+    behind after a clean run; callers keep it (`keep_run_dir`) when the logs explain a failure.
+    """
     await mesh.processes.stop()
     shutil.rmtree(mesh.socket_dir, ignore_errors=True)
+    if mesh.temporary_run_dir and not keep_run_dir:
+        shutil.rmtree(mesh.run_dir, ignore_errors=True)
 
 
 def workload_rows(mesh: LocalMesh) -> list[dict[str, str]]:
@@ -338,17 +353,44 @@ async def check_scenario(mesh: LocalMesh, folder: Path) -> list[Verdict]:
     return await run_calls(calls, state=mesh.state, plan=mesh.plan)
 
 
-async def wait_for_stop(mesh: LocalMesh, stop: asyncio.Event) -> None:
-    """Block until `stop` is set; fail if a child process dies meanwhile."""
-    while not stop.is_set():
-        dead = mesh.processes.exited()
-        if dead:
-            child = dead[0]
-            raise ProcessError(
-                f"{child.name} exited with status {child.process.returncode}; last lines of {child.log_path}:\n{child.log_tail()}",
-                child=child.name,
-            )
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
-        except TimeoutError:
-            continue
+async def _configuration_errors(session: aiohttp.ClientSession, admin_url: str) -> list[str] | None:
+    try:
+        async with session.get(f"{admin_url}/debug/mesh", timeout=aiohttp.ClientTimeout(total=2)) as response:
+            if response.status != 200:
+                return None
+            return list((await response.json()).get("errors", []))
+    except (aiohttp.ClientError, TimeoutError, ValueError):
+        return None
+
+
+async def wait_for_stop(mesh: LocalMesh, stop: asyncio.Event, *, report: Callable[[str], None] | None = None) -> None:
+    """Block until `stop` is set; fail if a child process dies meanwhile.
+
+    With `report`, problems in the folder that appear while the mesh runs (an edit that breaks a
+    policy, say) are passed to it once each, as the control plane reports them.
+    """
+    reported = set(mesh.problems)
+    async with aiohttp.ClientSession() as session:
+        while not stop.is_set():
+            if report is not None:
+                errors = await _configuration_errors(session, mesh.admin_url)
+                for error in errors or ():
+                    if error not in reported:
+                        report(error)
+                reported = set(errors) if errors is not None else reported
+            await _check_children(mesh)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+            except TimeoutError:
+                continue
+
+
+async def _check_children(mesh: LocalMesh) -> None:
+    """Raise `ProcessError` if a child process of the mesh has exited."""
+    dead = mesh.processes.exited()
+    if dead:
+        child = dead[0]
+        raise ProcessError(
+            f"{child.name} exited with status {child.process.returncode}; last lines of {child.log_path}:\n{child.log_tail()}",
+            child=child.name,
+        )

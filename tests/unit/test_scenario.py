@@ -94,3 +94,12 @@ def test_judge_checks_principal() -> None:
     verdict = judge(call, Outcome(result=200, principal="spiffe://td/ns/a/sa/y"))
     assert not verdict.passed
     assert verdict.reasons == ("expected principal spiffe://td/ns/a/sa/x, callee saw spiffe://td/ns/a/sa/y",)
+
+
+def test_error_names_the_call_by_name() -> None:
+    with pytest.raises(ValidationError) as caught:
+        parse_scenario("- {name: worker settles, from: a, to: 'a:80', expect: okk}", source="s.yaml")
+    assert str(caught.value) == (
+        "Scenario s.yaml: calls[0].expect: 'okk' is not an outcome; use ok, reset, denied or an HTTP status code"
+        ' (call "worker settles")'
+    )

@@ -10,7 +10,7 @@ from cryptography import x509
 
 from controlplane.errors import SvidError
 from controlplane.identity.spiffe_id import SpiffeId
-from controlplane.identity.svid import spiffe_id_from_certificate, validate_svid
+from controlplane.identity.svid import format_serial, spiffe_id_from_certificate, validate_svid
 
 CERTS = Path(__file__).parent.parent / "data" / "certs"
 
@@ -91,3 +91,8 @@ def test_svid_validity_period_checked_when_now_given() -> None:
     assert early.value.defect == "not-yet-valid"
     assert late.value.defect == "expired"
     assert validate_svid(certificate, now=datetime(2030, 1, 1, tzinfo=timezone.utc)).trust_domain == "example.org"
+
+
+@pytest.mark.parametrize(("serial", "text"), [(0x0EFB42, "0efb42"), (0xEFB42A, "efb42a"), (0x1, "01")])
+def test_serial_keeps_whole_bytes_like_envoy(serial: int, text: str) -> None:
+    assert format_serial(serial) == text
