@@ -204,6 +204,7 @@ class KubernetesMode:
         self._election: asyncio.Task[None] | None = None
         self._duties: asyncio.Task[None] | None = None
         self._rebuilt = asyncio.Event()
+        self._stopped = False
 
     @property
     def ca_directory(self) -> Path | None:
@@ -228,8 +229,17 @@ class KubernetesMode:
         """Load the CA from Secret `secret_name`; the leader creates it, and other replicas wait for it."""
         await self.start_election()
         store = SecretCAStore(self.api_client, namespace=self.root_namespace, name=secret_name)
+
+        async def poll_or_lead(seconds: float) -> None:
+            # A replica waiting for the Secret looks again at once when it becomes the leader,
+            # because then it is the one to create it.
+            try:
+                await asyncio.wait_for(self.elector.leading.wait(), seconds)
+            except TimeoutError:
+                pass
+
         self._loaded_ca = await obtain_ca(store, trust_domain=trust_domain, clock=self._clock,
-                                          is_leader=lambda: self.elector.is_leader)
+                                          is_leader=lambda: self.elector.is_leader, sleep=poll_or_lead)
         return self._loaded_ca.ca
 
     def attach(self, *, ca: CertificateAuthority, mesh: Any) -> None:
@@ -250,7 +260,13 @@ class KubernetesMode:
             await self.webhook.start()
 
     async def stop(self) -> None:
-        """Stop the duties, the webhook and the election, and release the Lease if this replica holds it."""
+        """Stop the duties, the webhook and the election, and release the Lease if this replica holds it.
+
+        Calling it again does nothing.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
         tasks = [task for task in (self._duties, self._election) if task is not None]
         for task in tasks:
             task.cancel()

@@ -250,7 +250,9 @@ def kubernetes_mode_for(options: ServeOptions, *, clock: Clock) -> KubernetesMod
     from controlplane.server.kubernetes_mode import KubernetesMode
     from controlplane.sources.kubernetes import load_client_configuration
 
-    configuration = load_client_configuration(kubeconfig=options.kubeconfig, context=options.kube_context)
+    # The client splits the kubeconfig argument on ':' like $KUBECONFIG, so it must be a str.
+    kubeconfig = str(options.kubeconfig) if options.kubeconfig is not None else None
+    configuration = load_client_configuration(kubeconfig=kubeconfig, context=options.kube_context)
     return KubernetesMode(configuration=configuration, root_namespace=options.root_namespace, clock=clock)
 
 
