@@ -178,3 +178,28 @@ def test_serve_invalid_address_is_usage_error(tmp_path):
         "controlplane serve: error: argument --admin-address: address '15014' is not HOST:PORT with a port "
         "from 0 to 65535 (see 'controlplane serve --help')\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ((), "one of the arguments --ca-dir --ca-secret is required"),
+        (("--ca-dir", "ca", "--ca-secret", "idmesh-ca"), "argument --ca-secret: not allowed with argument --ca-dir"),
+        (("--ca-secret", "idmesh-ca"),
+         "--ca-secret needs --source kubernetes, but the source is 'none'; use --ca-dir for other sources"),
+        (("--ca-dir", "ca", "--webhook-address", "127.0.0.1:0"),
+         "--webhook-address needs --source kubernetes, but the source is 'none': "
+         "the webhook reads namespace labels from the Kubernetes API"),
+        (("--ca-secret", "Idmesh_CA", "--source", "kubernetes"),
+         "argument --ca-secret: invalid Secret name 'Idmesh_CA': use lower case letters, digits, '-' and '.', "
+         "starting and ending with a letter or digit"),
+    ],
+)
+def test_serve_ca_source_and_webhook_flags_usage_errors(tmp_path, arguments, message):
+    result = subprocess.run(
+        [CONTROLPLANE, "serve", *arguments], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )
+
+    assert result.returncode == 2
+    assert result.stderr == f"controlplane serve: error: {message} (see 'controlplane serve --help')\n"
+    assert not (tmp_path / "ca").exists()
