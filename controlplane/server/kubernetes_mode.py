@@ -24,15 +24,16 @@ import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kubernetes.client
 
-from controlplane.errors import KubernetesApiError
+from controlplane.errors import ConfigError, KubernetesApiError, MeshError
 from controlplane.identity.ca import CertificateAuthority
 from controlplane.identity.k8s_attestor import KubernetesTokenAttestor
 from controlplane.identity.k8s_store import LoadedCA, SecretCAStore, obtain_ca
 from controlplane.identity.pemfiles import write_secret_file
+from controlplane.identity.svid import format_serial
 from controlplane.injector.settings import InjectionSettings
 from controlplane.injector.webhook import InjectorWebhook, server_ssl_context
 from controlplane.kube.leader import ElectionSettings, LeaderElector, holder_identity, run_while_leading
@@ -42,10 +43,14 @@ from controlplane.log import get_logger
 from controlplane.model.policy import parse_authorization_policy
 from controlplane.model.types import MeshConfig, MeshState
 from controlplane.server.addresses import split_address
-from controlplane.server.tls import control_plane_dns_names, control_plane_spiffe_id
-from controlplane.sources.kubernetes import WatchSettings
+from controlplane.server.tls import RENEWAL_RETRY, control_plane_dns_names, control_plane_spiffe_id
+from controlplane.sources.kubernetes import WatchSettings, load_client_configuration
 from controlplane.translate import rbac
 from controlplane.translate.validate import regex_problems
+
+if TYPE_CHECKING:
+    from controlplane.server.mesh import MeshRuntime
+    from controlplane.server.serve import ServeOptions
 
 log = get_logger("server.kubernetes")
 
@@ -136,9 +141,16 @@ class WebhookServer:
     async def start(self) -> int:
         """Issue the serving certificate, start serving, and return the bound port."""
         context, renew_at = self._load_certificate(None)
-        self._webhook = InjectorWebhook(settings=self._settings, namespace_labels=self._labels_of,
-                                        ssl_context=context, host=self._host, port=self._port)
-        self.port = await self._webhook.start()
+        webhook = InjectorWebhook(settings=self._settings, namespace_labels=self._labels_of,
+                                  ssl_context=context, host=self._host, port=self._port)
+        try:
+            self.port = await webhook.start()
+        except OSError as exc:
+            await webhook.stop()
+            address = f"{self._host}:{self._port}"
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise ConfigError(f"cannot listen on {address} for the webhook: {reason}", address=address) from exc
+        self._webhook = webhook
         self._renewal = asyncio.create_task(self._renew_forever(context, renew_at), name="webhook-certificate-renewal")
         return self.port
 
@@ -154,7 +166,8 @@ class WebhookServer:
     def _load_certificate(self, context: ssl.SSLContext | None) -> tuple[ssl.SSLContext, datetime]:
         """Issue a certificate and load it into `context` (a new one if None); return it and its renewal time."""
         now = self._clock()
-        issued, key_pem = self._ca.issue(self._identity, ttl=WEBHOOK_CERTIFICATE_TTL, now=now, dns_names=self._dns_names)
+        issued, key_pem = self._ca.issue(self._identity, ttl=WEBHOOK_CERTIFICATE_TTL, now=now,
+                                         dns_names=self._dns_names)
         # ssl loads keys only from files, so the key exists on disk (mode 0600, in a private
         # directory) only until it is loaded, and the context keeps it in memory.
         with tempfile.TemporaryDirectory(prefix="idmesh-webhook-") as directory:
@@ -166,13 +179,19 @@ class WebhookServer:
             else:
                 # Replaces the certificate for new connections; open ones keep the old one.
                 context.load_cert_chain(certfile=str(cert_file), keyfile=str(key_file))
-        log.info("injector.certificate.loaded", serial=f"{issued.serial:x}", not_after=issued.not_after.isoformat())
+        log.info("injector.certificate.loaded", serial=format_serial(issued.serial),
+                 not_after=issued.not_after.isoformat())
         return context, issued.not_before + (issued.not_after - issued.not_before) / 2
 
     async def _renew_forever(self, context: ssl.SSLContext, renew_at: datetime) -> None:
         while True:
             await asyncio.sleep(max((renew_at - self._clock()).total_seconds(), 0.0))
-            _, renew_at = self._load_certificate(context)
+            try:
+                _, renew_at = self._load_certificate(context)
+            except MeshError as exc:
+                # The current certificate keeps serving until it expires, so retry meanwhile.
+                log.error("injector.certificate.renewal_failed", error=str(exc))
+                renew_at = self._clock() + RENEWAL_RETRY
 
 
 class KubernetesMode:
@@ -200,11 +219,19 @@ class KubernetesMode:
         self._bundle_check_seconds = bundle_check_seconds
         self._loaded_ca: LoadedCA | None = None
         self._ca: CertificateAuthority | None = None
-        self._mesh: Any = None
+        self._mesh: MeshRuntime | None = None
         self._election: asyncio.Task[None] | None = None
         self._duties: asyncio.Task[None] | None = None
         self._rebuilt = asyncio.Event()
         self._stopped = False
+
+    @classmethod
+    def from_options(cls, options: ServeOptions, *, clock: Callable[[], datetime]) -> KubernetesMode:
+        """Connect with the kubeconfig, context or in-cluster settings that `options` give."""
+        # The client splits the kubeconfig argument on ':' like $KUBECONFIG, so it must be a str.
+        kubeconfig = str(options.kubeconfig) if options.kubeconfig is not None else None
+        configuration = load_client_configuration(kubeconfig=kubeconfig, context=options.kube_context)
+        return cls(configuration=configuration, root_namespace=options.root_namespace, clock=clock)
 
     @property
     def ca_directory(self) -> Path | None:
@@ -242,10 +269,19 @@ class KubernetesMode:
                                           is_leader=lambda: self.elector.is_leader, sleep=poll_or_lead)
         return self._loaded_ca.ca
 
-    def attach(self, *, ca: CertificateAuthority, mesh: Any) -> None:
-        """Give the leader's duties the CA whose bundle they publish and the MeshRuntime they follow."""
+    def attach(self, options: ServeOptions, *, ca: CertificateAuthority, mesh: MeshRuntime) -> None:
+        """Give the duties the CA whose bundle they publish and the MeshRuntime they follow; set up the webhook."""
         self._ca = ca
         self._mesh = mesh
+        if options.webhook_address is not None:
+            self.webhook = WebhookServer(
+                ca=ca,
+                root_namespace=options.root_namespace,
+                settings=options.injection_settings(ca.trust_domain),
+                labels_of=lambda namespace: namespace_labels(mesh.kubernetes_source, namespace),
+                address=options.webhook_address,
+                clock=self._clock,
+            )
 
     def state_published(self, _state: MeshState) -> None:
         """Note that the MeshRuntime rebuilt its state, so the leader evaluates the policies again."""
@@ -303,6 +339,7 @@ class KubernetesMode:
             publisher.set_bundle(self._ca.trust_bundle().to_pem())
 
     async def _write_policy_status(self) -> None:
+        assert self._mesh is not None
         writer = PolicyStatusWriter(self.api_client, root_namespace=self.root_namespace,
                                     is_leader=lambda: self.elector.is_leader, clock=self._clock)
         while True:

@@ -108,7 +108,7 @@ class ServeOptions:
     push_max_delay_seconds: float = 1.0
     # Kubernetes mode: HOST:PORT of the injection webhook, None for no webhook.
     webhook_address: str | None = None
-    # Kubernetes mode: what the webhook injects.
+    # Kubernetes mode: image of the sidecar and init containers that the webhook injects.
     proxy_image: str = InjectionSettings().proxy_image
     # The control plane HOST:PORT injected sidecars dial; None means the Service in the root namespace.
     sidecar_control_plane: str | None = None
@@ -247,13 +247,10 @@ def kubernetes_mode_for(options: ServeOptions, *, clock: Clock) -> KubernetesMod
     """Return the Kubernetes-mode parts for `--source kubernetes`, not started, or None for other sources."""
     if options.source != "kubernetes":
         return None
+    # Imported here so that other sources start without loading the Kubernetes client.
     from controlplane.server.kubernetes_mode import KubernetesMode
-    from controlplane.sources.kubernetes import load_client_configuration
 
-    # The client splits the kubeconfig argument on ':' like $KUBECONFIG, so it must be a str.
-    kubeconfig = str(options.kubeconfig) if options.kubeconfig is not None else None
-    configuration = load_client_configuration(kubeconfig=kubeconfig, context=options.kube_context)
-    return KubernetesMode(configuration=configuration, root_namespace=options.root_namespace, clock=clock)
+    return KubernetesMode.from_options(options, clock=clock)
 
 
 def build_control_plane(
@@ -298,7 +295,7 @@ def build_control_plane(
     )
     mesh, cache, ads = _build_mesh(options, ca, grpc_server, admin, kubernetes=kubernetes)
     if kubernetes is not None:
-        _attach_kubernetes_mode(kubernetes, options, ca, mesh, clock=clock)
+        kubernetes.attach(options, ca=ca, mesh=mesh)
 
     control_plane = ControlPlane(
         ca=ca,
@@ -315,23 +312,6 @@ def build_control_plane(
     )
     admin.add_readiness_check("ca", control_plane.ready)
     return control_plane
-
-
-def _attach_kubernetes_mode(
-    kubernetes: KubernetesMode, options: ServeOptions, ca: CertificateAuthority, mesh: MeshRuntime, *, clock: Clock
-) -> None:
-    from controlplane.server.kubernetes_mode import WebhookServer, namespace_labels
-
-    kubernetes.attach(ca=ca, mesh=mesh)
-    if options.webhook_address is not None:
-        kubernetes.webhook = WebhookServer(
-            ca=ca,
-            root_namespace=options.root_namespace,
-            settings=options.injection_settings(ca.trust_domain),
-            labels_of=lambda namespace: namespace_labels(mesh.kubernetes_source, namespace),
-            address=options.webhook_address,
-            clock=clock,
-        )
 
 
 def _build_mesh(
@@ -420,7 +400,10 @@ async def run(
 async def _load_ca_from_secret(
     options: ServeOptions, kubernetes: KubernetesMode | None, *, stop: asyncio.Event, announce: Callable[[str], None]
 ) -> CertificateAuthority | None:
-    """Load the CA from `--ca-secret`; return None if `stop` is set first, as a replica waiting for the leader may be."""
+    """Load the CA from `--ca-secret`, or return None if `stop` is set first.
+
+    A replica waits here until the leader has created the Secret.
+    """
     if kubernetes is None or options.ca_secret is None:
         raise ConfigError("--ca-secret needs --source kubernetes", source=options.source)
     loading = asyncio.create_task(kubernetes.load_ca(secret_name=options.ca_secret, trust_domain=options.trust_domain))
@@ -436,5 +419,6 @@ async def _load_ca_from_secret(
         return None
     ca = loading.result()
     if kubernetes.created_ca:
-        announce(f"created a new CA for trust domain {ca.trust_domain} in Secret {options.root_namespace}/{options.ca_secret}")
+        secret = f"{options.root_namespace}/{options.ca_secret}"
+        announce(f"created a new CA for trust domain {ca.trust_domain} in Secret {secret}")
     return ca

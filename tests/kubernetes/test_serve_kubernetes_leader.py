@@ -40,7 +40,7 @@ async def accepted_condition(kube: Kube, name: str) -> dict[str, Any] | None:
     return None
 
 
-async def test_first_replica_creates_ca_secret_and_leads(control_plane, kube):
+async def test_first_replica_creates_ca_secret(control_plane, kube):
     secret = await read_json(kube, kube.core.read_namespaced_secret, CA_SECRET, ROOT_NAMESPACE)
     lease = await read_lease(kube)
 

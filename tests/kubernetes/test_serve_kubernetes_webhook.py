@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import socket
 import ssl
 import subprocess
 from pathlib import Path
@@ -13,12 +14,16 @@ from typing import Any
 import aiohttp
 import pytest
 
+from controlplane.errors import ConfigError
+from controlplane.injector.settings import InjectionSettings
+from controlplane.server.kubernetes_mode import WebhookServer
 from tests.kubernetes.conftest import wait_until
 from tests.kubernetes.k8s_extras import api_server  # noqa: F401 - fixture
 from tests.kubernetes.test_serve_kubernetes_harness import (  # noqa: F401 - fixture
     ROOT_NAMESPACE,
     TRUST_DOMAIN,
     control_plane,
+    utc_now,
 )
 
 ADMISSION = Path(__file__).resolve().parents[1] / "data" / "admission"
@@ -101,3 +106,18 @@ async def test_webhook_certificate_names_the_service(control_plane, tmp_path):
         f"DNS:{SERVICE_NAME}",
         f"DNS:{SERVICE_NAME}.cluster.local",
     ]
+
+
+async def test_webhook_port_in_use_is_config_error(control_plane):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        webhook = WebhookServer(ca=control_plane.ca, root_namespace=ROOT_NAMESPACE,
+                                settings=InjectionSettings(), labels_of=lambda _name: None,
+                                address=f"127.0.0.1:{port}", clock=utc_now)
+
+        with pytest.raises(ConfigError) as caught:
+            await webhook.start()
+
+    assert str(caught.value) == f"cannot listen on 127.0.0.1:{port} for the webhook: Address already in use"

@@ -195,7 +195,7 @@ def test_serve_invalid_address_is_usage_error(tmp_path):
          "starting and ending with a letter or digit"),
     ],
 )
-def test_serve_ca_source_and_webhook_flags_usage_errors(tmp_path, arguments, message):
+def test_serve_ca_and_webhook_usage_errors(tmp_path, arguments, message):
     result = subprocess.run(
         [CONTROLPLANE, "serve", *arguments], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
     )
