@@ -7,6 +7,7 @@ Failures map to gRPC status codes by one rule each:
 | UNAUTHENTICATED | no credential, or a credential that proves nothing (bad, reused, expired or forged join token; ServiceAccount token that the TokenReview or the pod checks reject; client certificate that is not a valid SVID) |
 | PERMISSION_DENIED | the caller is authenticated but requests a certificate its credential does not grant: a CSR URI SAN naming another SPIFFE ID, or an identity the CA may not issue |
 | INVALID_ARGUMENT | the request itself is unacceptable: malformed CSR, bad CSR signature, weak or unsupported key, negative validity |
+| UNAVAILABLE | the credential cannot be checked now because the Kubernetes API is unreachable; the caller should retry |
 | INTERNAL | the CA cannot sign, for example because its signing certificate expired |
 
 The status details carry the error message, which never contains a token or a key.
@@ -33,6 +34,8 @@ from controlplane.server.tls import peer_spiffe_id
 
 log = get_logger("ca")
 
+# AttestationError reason for a credential that could not be checked because the API was down.
+API_UNAVAILABLE = "api-unavailable"
 # CSRRejected reasons that mean "not yours to ask for"; every other reason is a bad request.
 PERMISSION_REASONS = frozenset({"identity-mismatch", "other-trust-domain", "no-workload-path"})
 
@@ -42,7 +45,7 @@ CERTIFICATES_ISSUED = prometheus_client.Counter(
     ["result"],
 )
 # Create every series up front, so dashboards see zeros rather than missing series.
-for _result in ("issued", "unauthenticated", "permission_denied", "invalid_argument", "internal"):
+for _result in ("issued", "unauthenticated", "permission_denied", "invalid_argument", "unavailable", "internal"):
     CERTIFICATES_ISSUED.labels(result=_result)
 SIGN_SECONDS = prometheus_client.Histogram(
     "idmesh_ca_sign_seconds",
@@ -137,7 +140,9 @@ class CertificateServicer(ca_pb2_grpc.CertificateServiceServicer):
             raise RequestRejected(grpc.StatusCode.UNAUTHENTICATED, exc.message, exc.defect) from exc
         except AttestationError as exc:
             log.warning("ca.caller.rejected", reason=exc.reason, peer=context.peer(), detail=exc.message)
-            raise RequestRejected(grpc.StatusCode.UNAUTHENTICATED, exc.message, exc.reason) from exc
+            # Only an unreachable API is worth a retry; every other reason is final for this credential.
+            code = grpc.StatusCode.UNAVAILABLE if exc.reason == API_UNAVAILABLE else grpc.StatusCode.UNAUTHENTICATED
+            raise RequestRejected(code, exc.message, exc.reason) from exc
 
     def _requested_ttl(self, validity_seconds: int) -> timedelta | None:
         if validity_seconds < 0:

@@ -92,3 +92,16 @@ async def test_missing_credential_names_service_account_token(control_plane):
         "ServiceAccount token (audience idmesh) or a join token, or present your current SVID "
         "as the TLS client certificate on the mutual TLS port"
     )
+
+
+async def test_unreachable_api_server_is_unavailable_so_agents_retry(control_plane, kube, token_issuer, api_server):
+    pod = await create_pod(kube, NAMESPACE, "ledger-0", service_account="ledger")
+    token = token_issuer.mint(pod=pod)
+    await api_server.stop()
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await create_certificate(control_plane, (("authorization", f"Bearer {token}"),))
+    finally:
+        await api_server.start()
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE

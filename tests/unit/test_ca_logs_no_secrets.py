@@ -17,6 +17,7 @@ from cryptography.x509.oid import NameOID
 from controlplane import log as mesh_log
 from controlplane.errors import AttestationError, CSRRejected
 from controlplane.identity.ca import CertificateAuthority
+from controlplane.identity.svid import format_serial
 from controlplane.identity.join_token import JoinTokenIssuer, load_join_token_key
 from controlplane.identity.keys import generate_private_key
 from controlplane.identity.spiffe_id import SpiffeId
@@ -72,7 +73,7 @@ def test_signing_and_redeeming_log_no_secrets(tmp_path: Path, captured: io.Strin
     rejected = [e for e in events if e["event"] == "ca.csr.rejected"]
     assert len(signed) == 1
     assert signed[0]["principal"] == str(LEDGER)
-    assert signed[0]["serial"] == f"{issued.serial:x}"
+    assert signed[0]["serial"] == format_serial(issued.serial)
     assert len(rejected) == 1
     assert rejected[0]["reason"] == "weak-key"
     assert rejected[0]["principal"] == str(LEDGER)
