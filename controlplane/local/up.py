@@ -309,8 +309,8 @@ async def start_mesh(options: UpOptions, *, progress: TextIO = sys.stderr) -> Lo
 async def stop_mesh(mesh: LocalMesh, *, keep_run_dir: bool = True) -> None:
     """Stop every process; remove the sockets, and the run folder when it is temporary and unwanted.
 
-    The run folder holds the CA's private key as well as the logs, so a temporary one is not left
-    behind after a clean run; callers keep it (`keep_run_dir`) when the logs explain a failure.
+    The run folder contains the CA's private key as well as the logs, so a temporary one is removed
+    after a clean run. Callers keep it (`keep_run_dir`) when its logs may explain a failure.
     """
     await mesh.processes.stop()
     shutil.rmtree(mesh.socket_dir, ignore_errors=True)
