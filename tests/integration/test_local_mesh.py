@@ -72,21 +72,23 @@ async def test_policy_edit_reaches_running_envoys(tmp_path: Path) -> None:
     folder = copy_folder(EXAMPLE, tmp_path / "example")
     async with running_mesh(folder, tmp_path / "run") as mesh:
         assert await settle(mesh) == 200
+        assert await settle(mesh, method="PUT") == 403
 
         policies = folder / "policies.yaml"
         policies.write_text(policies.read_text().replace('methods: ["POST"]', 'methods: ["PUT"]'))
         edited_at = time.monotonic()
-        result = None
+        # Connections accepted before the listener update keep the old decision until Envoy's
+        # one-second drain closes them, so wait until both methods get their new outcome.
+        decisions = None
         for _ in range(200):
-            result = await settle(mesh)
-            if result == 403:
+            decisions = (await settle(mesh), await settle(mesh, method="PUT"))
+            if decisions == (403, 200):
                 break
             await asyncio.sleep(0.05)
         propagation = time.monotonic() - edited_at
         print(f"policy edit reached the ledger's Envoy after {propagation:.2f}s")
 
-        assert result == 403
-        assert await settle(mesh, method="PUT") == 200
+        assert decisions == (403, 200)
 
 
 async def test_control_plane_restart_under_traffic_fails_no_request(tmp_path: Path) -> None:
