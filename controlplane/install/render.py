@@ -24,7 +24,6 @@ from controlplane.model.types import MeshConfig
 
 CONTROL_PLANE = "idmesh-controlplane"
 CONTAINER = "controlplane"
-CA_VOLUME = "ca-secret"
 WEBHOOK = "idmesh-sidecar-injector"
 # In a source checkout: <repository>/manifests, two levels above this package.
 DEFAULT_MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
@@ -66,7 +65,7 @@ def render(base: Iterable[dict[str, Any]], values: InstallValues) -> list[dict[s
     if deployment["spec"].get("replicas", 1) < 2:
         # A budget of minAvailable 1 over a single replica blocks every node drain.
         objects = [obj for obj in objects if obj["kind"] != "PodDisruptionBudget"]
-    _ca_volume(deployment)["secret"]["secretName"] = values.ca_source.secret_name
+    _set_flag(deployment, container, "--ca-secret", values.ca_source.secret_name)
     webhooks = _find(objects, "MutatingWebhookConfiguration", WEBHOOK)["webhooks"]
     for webhook in webhooks:
         if values.webhook_failure_policy is not None:
@@ -108,13 +107,6 @@ def _container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
         if container["name"] == name:
             return container
     raise InstallError(f"{reference(deployment)} has no container {name!r}", object=reference(deployment))
-
-
-def _ca_volume(deployment: dict[str, Any]) -> dict[str, Any]:
-    for volume in deployment["spec"]["template"]["spec"].get("volumes", []):
-        if volume["name"] == CA_VOLUME and "secret" in volume:
-            return volume
-    raise InstallError(f"{reference(deployment)} has no Secret volume {CA_VOLUME!r}", object=reference(deployment))
 
 
 def _set_flag(deployment: dict[str, Any], container: dict[str, Any], flag: str, value: str) -> None:

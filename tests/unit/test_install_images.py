@@ -86,7 +86,9 @@ def test_deployment_arguments_parse_with_controlplane_cli():
 
     assert args.command == "serve"
     assert args.source == "kubernetes"
-    assert str(args.ca_dir) == "/var/run/idmesh/ca"
+    assert args.ca_dir is None
+    assert args.ca_secret == "idmesh-ca"
+    assert args.webhook_address == "0.0.0.0:15017"
 
 
 def test_compose_builds_from_existing_dockerfiles(compose):

@@ -127,7 +127,8 @@ def test_control_plane_runs_non_root_with_read_only_root():
     pod = deployment["spec"]["template"]["spec"]
 
     assert pod["securityContext"]["runAsNonRoot"] is True
-    for container in [*pod["initContainers"], *pod["containers"]]:
+    assert "initContainers" not in pod
+    for container in pod["containers"]:
         assert container["securityContext"]["readOnlyRootFilesystem"] is True
         assert container["securityContext"]["allowPrivilegeEscalation"] is False
         assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]

@@ -124,18 +124,20 @@ def test_image_sets_every_container_of_the_deployment(base):
 
     found = changes(before, after)
     assert set(found) == {
-        "Deployment/idmesh-controlplane spec.template.spec.initContainers[0].image",
         "Deployment/idmesh-controlplane spec.template.spec.containers[0].image",
     }
     assert all(new == "registry.example/idmesh/cp:1.2" for _old, new in found.values())
 
 
-def test_ca_secret_source_names_the_mounted_secret(base):
+def test_ca_secret_source_sets_the_ca_secret_flag(base):
     before = render(base, InstallValues())
     after = render(base, InstallValues(ca_source=parse_ca_source("secret:corp-ca")))
 
     assert changes(before, after) == {
-        "Deployment/idmesh-controlplane spec.template.spec.volumes[0].secret.secretName": ("idmesh-ca", "corp-ca")
+        "Deployment/idmesh-controlplane spec.template.spec.containers[0].args[2]": (
+            "--ca-secret=idmesh-ca",
+            "--ca-secret=corp-ca",
+        )
     }
 
 
