@@ -66,6 +66,7 @@ def render(base: Iterable[dict[str, Any]], values: InstallValues) -> list[dict[s
         # A budget of minAvailable 1 over a single replica blocks every node drain.
         objects = [obj for obj in objects if obj["kind"] != "PodDisruptionBudget"]
     _set_flag(deployment, container, "--ca-secret", values.ca_source.secret_name)
+    _grant_ca_secret(_find(objects, "Role", CONTROL_PLANE), values.ca_source.secret_name)
     webhooks = _find(objects, "MutatingWebhookConfiguration", WEBHOOK)["webhooks"]
     for webhook in webhooks:
         if values.webhook_failure_policy is not None:
@@ -107,6 +108,14 @@ def _container(deployment: dict[str, Any], name: str) -> dict[str, Any]:
         if container["name"] == name:
             return container
     raise InstallError(f"{reference(deployment)} has no container {name!r}", object=reference(deployment))
+
+
+def _grant_ca_secret(role: dict[str, Any], secret_name: str) -> None:
+    """Point the Role's rule for the CA Secret at `secret_name`; the control plane reads it through the API."""
+    rules = [rule for rule in role.get("rules", []) if rule.get("resources") == ["secrets"] and rule.get("resourceNames")]
+    if len(rules) != 1:
+        raise InstallError(f"{reference(role)} must have exactly one rule for the CA Secret by name", object=reference(role))
+    rules[0]["resourceNames"] = [secret_name]
 
 
 def _set_flag(deployment: dict[str, Any], container: dict[str, Any], flag: str, value: str) -> None:

@@ -133,12 +133,16 @@ def test_ca_secret_source_sets_the_ca_secret_flag(base):
     before = render(base, InstallValues())
     after = render(base, InstallValues(ca_source=parse_ca_source("secret:corp-ca")))
 
-    assert changes(before, after) == {
-        "Deployment/idmesh-controlplane spec.template.spec.containers[0].args[2]": (
-            "--ca-secret=idmesh-ca",
-            "--ca-secret=corp-ca",
-        )
-    }
+    found = changes(before, after)
+    assert found.pop("Deployment/idmesh-controlplane spec.template.spec.containers[0].args[2]") == (
+        "--ca-secret=idmesh-ca",
+        "--ca-secret=corp-ca",
+    )
+    assert len(found) == 1
+    [(path, (old, new))] = found.items()
+    assert path.startswith("Role/idmesh-controlplane rules[")
+    assert path.endswith("].resourceNames[0]")
+    assert (old, new) == ("idmesh-ca", "corp-ca")
 
 
 def test_webhook_failure_policy_and_ca_bundle(base):
