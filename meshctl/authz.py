@@ -40,6 +40,14 @@ class CheckError(MeshError):
     """The call cannot be checked: the callee or caller is unknown to the control plane."""
 
 
+CHECK_EXAMPLES = """examples:
+  meshctl authz check --from payments/worker --to payments/ledger --port 8080 --method POST --path /v1/settlements
+  meshctl authz check --from cluster.local/ns/shop/sa/web --to ledger -n payments --port 8080
+  meshctl authz check --from none --to payments/ledger --port 8080        a caller without a certificate
+  meshctl authz check --from worker -n payments --to ledger --port 8080 --header x-team=blue -o json
+"""
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("authz", help="explain authorization decisions", description="Explain authorization decisions.")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -48,6 +56,8 @@ def register(subparsers: Any) -> None:
         help="explain whether a call would be allowed, and which policy decides",
         description="Decide one call with the RBAC configuration the callee's Envoy has, and explain "
         "the decision. Exits 0 whatever the decision; 1 when it cannot be decided.",
+        epilog=CHECK_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument(
         "--from", dest="caller", required=True, metavar="CALLER",

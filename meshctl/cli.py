@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, std
     try:
         return int(args.run(args))
     except UsageError as exc:
-        err.write(f"meshctl {args.command}: {exc}\n")
+        err.write(f"meshctl {args.command}: error: {exc}\n")
         return EXIT_USAGE
     except MeshError as exc:
         err.write(f"meshctl {args.command}: error: {exc}\n")

@@ -303,7 +303,7 @@ def test_folder_that_does_not_exist_is_usage_error(tmp_path):
     code, out, err = run("analyze", "-f", str(tmp_path / "absent"))
     assert code == 2
     assert out == ""
-    assert err == f"meshctl analyze: {tmp_path / 'absent'}: not a folder; pass a folder of manifests with -f\n"
+    assert err == f"meshctl analyze: error: {tmp_path / 'absent'}: not a folder; pass a folder of manifests with -f\n"
 
 
 def test_unknown_output_format_is_usage_error(tmp_path):

@@ -253,10 +253,10 @@ def test_missing_file_is_a_usage_error(tmp_path):
     out, err = io.StringIO(), io.StringIO()
     code = main(["inject", "-f", str(tmp_path / "absent.yaml")], stdout=out, stderr=err)
     assert code == 2
-    assert err.getvalue() == f"meshctl inject: {tmp_path / 'absent.yaml'}: cannot read: No such file or directory\n"
+    assert err.getvalue() == f"meshctl inject: error: {tmp_path / 'absent.yaml'}: cannot read: No such file or directory\n"
 
 
 def test_bad_namespace_labels_is_a_usage_error(tmp_path):
     code, _, err = inject(tmp_path, MANIFESTS, "--namespace-labels", "enabled")
     assert code == 2
-    assert err == "meshctl inject: --namespace-labels: 'enabled' is not KEY=VALUE\n"
+    assert err == "meshctl inject: error: --namespace-labels: 'enabled' is not KEY=VALUE\n"

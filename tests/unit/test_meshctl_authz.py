@@ -339,7 +339,7 @@ def test_workload_without_sidecar_calls_without_certificate(client):
 def test_invalid_spiffe_id_is_a_usage_error(client):
     code, _out, err = run("--from", "spiffe://cluster.local/ns/./sa/x", *SETTLE)
     assert code == 2
-    assert err.startswith("meshctl authz: --from: ")
+    assert err.startswith("meshctl authz: error: --from: ")
 
 
 # ----- errors --------------------------------------------------------------------------------
@@ -372,7 +372,7 @@ def test_port_without_listener_lists_inbound_ports(client):
 def test_invalid_request_options_exit_two_before_any_request(client, argv, message):
     code, _out, err = run("--from", "none", "--to", "payments/ledger", *argv)
     assert code == 2
-    assert err == f"meshctl authz: {message}\n"
+    assert err == f"meshctl authz: error: {message}\n"
     assert client.requests == []
 
 
