@@ -50,6 +50,9 @@ class EnvoyOptions:
     # closes, so a short drain is what makes a policy change bind pooled connections quickly.
     # Envoy's own default is 600 s. The cost: long-lived connections end on any listener update.
     drain_seconds: int = 1
+    # How often Envoy writes buffered access log lines, in milliseconds. Set explicitly so that
+    # an SRE reading the log, and the tests, can count on seeing a request within about a second.
+    log_flush_ms: int = 1000
     extra_args: tuple[str, ...] = ()
 
 
@@ -67,6 +70,7 @@ def envoy_command(options: EnvoyOptions) -> list[str]:
         "--log-level", options.log_level,
         "--drain-time-s", str(options.drain_seconds),
         "--drain-strategy", "immediate",
+        "--file-flush-interval-msec", str(options.log_flush_ms),
     ]
     if options.log_path is not None:
         command += ["--log-path", str(options.log_path)]

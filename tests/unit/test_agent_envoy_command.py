@@ -16,6 +16,7 @@ def test_command_drains_replaced_listeners_quickly() -> None:
     assert "--disable-hot-restart" in command
     assert command[command.index("--drain-time-s") + 1] == "1"
     assert command[command.index("--drain-strategy") + 1] == "immediate"
+    assert command[command.index("--file-flush-interval-msec") + 1] == "1000"
 
 
 def test_command_rejects_unknown_log_level() -> None:
