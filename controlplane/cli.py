@@ -145,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     ca_source.add_argument("--ca-secret", type=parse_secret_name, metavar="NAME",
                            help="with --source kubernetes: Secret in the root namespace that contains the CA; "
                                 "the leader creates it on first start, and other replicas wait for it")
-    serve.add_argument("--trust-domain", type=parse_trust_domain, default=DEFAULT_TRUST_DOMAIN,
-                       help="trust domain for a CA created on first start (default %(default)s)")
+    serve.add_argument("--trust-domain", type=parse_trust_domain, default=None,
+                       help=f"trust domain of the CA: used when one is created on first start (default "
+                            f"{DEFAULT_TRUST_DOMAIN}), and an existing CA for another trust domain is an error")
     serve.add_argument("--root-namespace", type=parse_namespace, default=DEFAULT_ROOT_NAMESPACE,
                        help="namespace of the control plane's own identity (default %(default)s)")
     serve.add_argument("--grpc-address", type=parse_address, default=DEFAULT_MTLS_ADDRESS,
@@ -232,7 +233,7 @@ def command_serve(args: argparse.Namespace) -> int:
         options = ServeOptions(
             ca_dir=args.ca_dir,
             ca_secret=args.ca_secret,
-            trust_domain=args.trust_domain,
+            trust_domain=args.trust_domain or DEFAULT_TRUST_DOMAIN,
             root_namespace=args.root_namespace,
             grpc_address=args.grpc_address,
             bootstrap_address=args.bootstrap_address,
@@ -251,6 +252,13 @@ def command_serve(args: argparse.Namespace) -> int:
     ca = None
     if options.ca_dir is not None:
         ca, created = load_or_create_ca(options.ca_dir, trust_domain=options.trust_domain, now=_now())
+        if args.trust_domain is not None and ca.trust_domain != args.trust_domain:
+            raise ConfigError(
+                f"the CA in {options.ca_dir} is for trust domain {ca.trust_domain}, not {args.trust_domain}; "
+                "leave out --trust-domain to serve the CA's own, or use a CA directory for "
+                f"{args.trust_domain}",
+                trust_domain=args.trust_domain,
+            )
         if created:
             print(f"created a new CA for trust domain {ca.trust_domain} in {options.ca_dir}", flush=True)
     asyncio.run(run(options, ca, clock=_now, announce=lambda line: print(line, flush=True)))

@@ -203,3 +203,23 @@ def test_serve_ca_and_webhook_usage_errors(tmp_path, arguments, message):
     assert result.returncode == 2
     assert result.stderr == f"controlplane serve: error: {message} (see 'controlplane serve --help')\n"
     assert not (tmp_path / "ca").exists()
+
+
+def test_serve_rejects_existing_ca_of_another_trust_domain(tmp_path):
+    ca_dir = tmp_path / "ca"
+    subprocess.run([CONTROLPLANE, "ca", "init", "--ca-dir", str(ca_dir), "--trust-domain", "cluster.local"],
+                   capture_output=True, text=True, timeout=60, check=True)
+
+    result = subprocess.run(
+        [
+            CONTROLPLANE, "serve", "--ca-dir", str(ca_dir), "--trust-domain", "example.org",
+            "--grpc-address", "127.0.0.1:0", "--bootstrap-address", "127.0.0.1:0", "--admin-address", "127.0.0.1:0",
+        ],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"controlplane: error: the CA in {ca_dir} is for trust domain cluster.local, not example.org; "
+        "leave out --trust-domain to serve the CA's own, or use a CA directory for example.org\n"
+    )
