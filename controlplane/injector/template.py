@@ -77,8 +77,8 @@ def inject_pod(
 
     taken = sorted(set(VOLUMES) & {volume.get("name") for volume in spec.get("volumes") or []})
     if taken:
-        reason = f"not injected: the pod already has volumes named {', '.join(taken)}, which the sidecar needs"
-        return InjectionResult(copy.deepcopy(dict(pod)), [], False, reason, (*warnings, reason))
+        reason = f"the pod already has volumes named {', '.join(taken)}, which the sidecar needs"
+        return InjectionResult(copy.deepcopy(dict(pod)), [], False, reason, (*warnings, f"not injected: {reason}"))
 
     capture, capture_warnings = capture_settings(settings, annotations)
     warnings += capture_warnings
