@@ -123,6 +123,7 @@ async def test_ready_without_envoy_reports_svid(control_plane, tmp_path: Path) -
         await stop_gracefully(process)
 
 
+@pytest.mark.envoy
 async def test_sigterm_stops_envoy_and_exits_zero(control_plane, tmp_path: Path) -> None:
     plane, ca_dir = control_plane
     process, health, log_file = await start_agent(plane, ca_dir, tmp_path)
@@ -155,6 +156,7 @@ async def test_bad_token_exits_nonzero_with_reason(control_plane, tmp_path: Path
         await stop_gracefully(process)
 
 
+@pytest.mark.envoy
 async def test_dead_envoy_is_restarted(control_plane, tmp_path: Path) -> None:
     plane, ca_dir = control_plane
     process, health, log_file = await start_agent(plane, ca_dir, tmp_path)
