@@ -23,6 +23,7 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from controlplane.agent.agent import Agent, AgentConfig
 from controlplane.agent.bootstrap import agent_trust_bundle_sds, bootstrap_json, sds_cluster
 from controlplane.agent.ca_client import RetryPolicy
+from controlplane.identity.svid import format_serial
 from controlplane.identity.join_token import JoinTokenIssuer, load_join_token_key
 from controlplane.identity.spiffe_id import SpiffeId
 from controlplane.model.types import DEFAULT_ROOT_NAMESPACE
@@ -175,7 +176,7 @@ def open_connection(port: int, context: ssl.SSLContext) -> tuple[http.client.HTT
     connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
     connection.connect()
     leaf = x509.load_der_x509_certificate(connection.sock.getpeercert(binary_form=True))
-    return connection, format(leaf.serial_number, "x")
+    return connection, format_serial(leaf.serial_number)
 
 
 def get(connection: http.client.HTTPSConnection) -> tuple[int, bytes]:
@@ -229,7 +230,7 @@ async def test_rotation_changes_serial_without_restart_or_drop(agent, envoy) -> 
     assert await asyncio.to_thread(get, kept) == (200, b"ok")
     assert kept.sock is kept_sock
     peer = x509.load_der_x509_certificate(kept.sock.getpeercert(binary_form=True))
-    assert format(peer.serial_number, "x") == old_serial
+    assert format_serial(peer.serial_number) == old_serial
     kept.close()
 
 
