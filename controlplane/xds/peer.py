@@ -1,8 +1,9 @@
-"""The SPIFFE ID of a gRPC peer, from the client certificate that TLS already verified.
+"""The SPIFFE ID of an ADS peer, from the client certificate that TLS already verified.
 
-gRPC puts the verified peer certificate in the auth context under `x509_pem_cert`. An
-X.509-SVID carries exactly one URI SAN, the SPIFFE ID; a certificate with none, several, or an
-invalid one is no SVID and yields None.
+gRPC puts the verified peer certificate in the auth context under `x509_pem_cert`. The
+certificate must also pass the X.509-SVID profile checks that the CA applies
+(`controlplane.identity.svid.validate_svid`); one that does not is treated like no certificate,
+so the stream is refused as unauthenticated.
 """
 
 from __future__ import annotations
@@ -11,29 +12,23 @@ from typing import Any
 
 from cryptography import x509
 
-from controlplane.errors import SpiffeIdError
+from controlplane.errors import SvidError
 from controlplane.identity.spiffe_id import SpiffeId
+from controlplane.identity.svid import validate_svid
+from controlplane.log import get_logger
 
 PEM_CERT_KEY = "x509_pem_cert"
 
-
-def spiffe_id_from_pem(cert_pem: bytes) -> SpiffeId | None:
-    """Return the SPIFFE ID of an X.509-SVID in PEM, or None if it is not a valid SVID."""
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (ValueError, x509.ExtensionNotFound):
-        return None
-    uris = sans.get_values_for_type(x509.UniformResourceIdentifier)
-    if len(uris) != 1:
-        return None
-    try:
-        return SpiffeId.parse(uris[0])
-    except SpiffeIdError:
-        return None
+log = get_logger("xds.peer")
 
 
 def peer_spiffe_id(context: Any) -> SpiffeId | None:
-    """Return the verified peer SPIFFE ID of a grpc.aio call, or None without a client SVID."""
+    """Return the verified peer's SPIFFE ID, or None without a client certificate that is an SVID."""
     pems = context.auth_context().get(PEM_CERT_KEY) or []
-    return spiffe_id_from_pem(pems[0]) if pems else None
+    if not pems:
+        return None
+    try:
+        return validate_svid(x509.load_pem_x509_certificate(pems[0]))
+    except (ValueError, SvidError) as exc:
+        log.warning("xds.peer.not_svid", peer=context.peer(), error=str(exc))
+        return None

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from envoy.config.core.v3 import base_pb2
 
 from controlplane.identity.spiffe_id import SpiffeId
 from controlplane.xds.node import IdentityMismatch, InvalidNodeMetadata, proxy_from_node
+from controlplane.xds.peer import peer_spiffe_id
 
 LEDGER = SpiffeId.parse("spiffe://cluster.local/ns/payments/sa/ledger")
 
@@ -74,3 +77,34 @@ def test_unknown_proxy_mode_is_invalid():
 def test_labels_that_are_not_strings_are_invalid():
     with pytest.raises(InvalidNodeMetadata, match="LABELS must map label names to strings"):
         proxy_from_node(node(NAMESPACE="payments", SERVICE_ACCOUNT="ledger", LABELS={"replicas": 3}), LEDGER)
+
+
+class _Context:
+    """The two calls `peer_spiffe_id` makes on a grpc.aio servicer context."""
+
+    def __init__(self, pems: list[bytes]) -> None:
+        self._pems = pems
+
+    def auth_context(self) -> dict[str, list[bytes]]:
+        return {"x509_pem_cert": self._pems} if self._pems else {}
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:1"
+
+
+def test_peer_without_certificate_has_no_identity() -> None:
+    assert peer_spiffe_id(_Context([])) is None
+
+
+FIXTURES = Path(__file__).resolve().parents[1] / "data" / "certs"
+
+
+@pytest.mark.parametrize("fixture", ["leaf-with-two-uri-sans.pem", "leaf-with-ca-true.pem", "leaf-without-client-auth.pem"])
+def test_peer_certificate_that_breaks_svid_profile_has_no_identity(fixture: str) -> None:
+    assert peer_spiffe_id(_Context([(FIXTURES / fixture).read_bytes()])) is None
+
+
+def test_peer_with_valid_svid_has_its_identity() -> None:
+    identity = peer_spiffe_id(_Context([(FIXTURES / "valid-leaf.pem").read_bytes()]))
+    assert identity is not None
+    assert str(identity).startswith("spiffe://")
