@@ -4,7 +4,8 @@ The objects come from manifests/base (the same files `kubectl apply -k` takes), 
 flags' values by `controlplane.install.render`. `--dry-run` prints them as YAML on stdout and
 contacts no cluster. Progress goes to stderr, one line per object, as kubectl prints it.
 
-Exit codes: 0 success, 1 the cluster rejected a request or the rollout timed out, 2 bad flags.
+Exit codes: 0 success, 1 the cluster rejected a request, the rollout timed out or the manifests
+are broken, 2 invalid flag values, including a `--cert-ttl` over the manifests' maximum.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ from controlplane.errors import MeshError
 from controlplane.install import values as install_values
 from controlplane.install.cluster import Cluster
 from controlplane.install.errors import InstallError
-from controlplane.install.render import DEFAULT_MANIFESTS, load_base, render, to_yaml
+from controlplane.install.render import DEFAULT_MANIFESTS, load_base, mesh_settings, render, to_yaml
 from controlplane.install.steps import install, uninstall, uninstall_objects
 from controlplane.install.values import WEBHOOK_FAILURE_POLICIES, InstallValues
 from controlplane.model.meshconfig import format_duration
 from controlplane.model.types import DEFAULT_ROOT_NAMESPACE
+from meshctl.cli import UsageError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -62,10 +64,14 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--trust-domain", type=_flag(install_values.parse_trust_domain), default=None,
                         help="SPIFFE trust domain of every workload (default: the manifests' cluster.local)")
-    parser.add_argument("--cert-ttl", type=_flag(install_values.parse_go_duration), default=None, metavar="DURATION",
-                        help="lifetime of workload certificates, such as 24h or 90m (default: the manifests' 24h)")
+    parser.add_argument("--cert-ttl", type=_flag(install_values.parse_cert_ttl), default=None, metavar="DURATION",
+                        help="lifetime of workload certificates, such as 24h or 90m: whole seconds, at least 1m and "
+                        "at most the manifests' maxCertificateTTL (default: the manifests' 24h)")
     parser.add_argument("--image", type=_flag(install_values.parse_image), default=None,
                         help="control plane container image (default: the manifests' image)")
+    parser.add_argument("--proxy-image", type=_flag(install_values.parse_image), default=None, metavar="IMAGE",
+                        help="image of the sidecar and init containers that the webhook injects into pods "
+                        "(default: the manifests' ghcr.io/idmesh/proxy:0.1.0)")
     parser.add_argument("--replicas", type=_flag(install_values.parse_replicas), default=None, metavar="N",
                         help="control plane replicas; 1 leaves out the PodDisruptionBudget (default: the manifests' 2)")
     parser.add_argument("--ca-source", type=_flag(install_values.parse_ca_source), default=install_values.GENERATED,
@@ -115,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
         if args.command == "install":
             return _install(args, base, stdout, progress)
         return _uninstall(args, base, stdout, progress)
+    except UsageError:
+        # meshctl's main reports it with exit code 2.
+        raise
     except MeshError as exc:
         stderr.write(f"meshctl {args.command}: error: {exc}\n")
         return EXIT_FAILURE
@@ -128,6 +137,7 @@ def _values(args: argparse.Namespace) -> InstallValues:
         trust_domain=args.trust_domain,
         cert_ttl=cert_ttl,
         image=args.image,
+        proxy_image=args.proxy_image,
         replicas=args.replicas,
         ca_source=args.ca_source,
         webhook_failure_policy=args.webhook_failure_policy,
@@ -135,6 +145,7 @@ def _values(args: argparse.Namespace) -> InstallValues:
 
 
 def _install(args: argparse.Namespace, base: list[dict[str, Any]], stdout: Any, progress: Callable[[str], None]) -> int:
+    _check_cert_ttl(args.cert_ttl, base)
     values = _values(args)
     # Rendering checks every value, so bad settings fail before any cluster is contacted.
     objects = render(base, values)
@@ -147,6 +158,22 @@ def _install(args: argparse.Namespace, base: list[dict[str, Any]], stdout: Any, 
     install(cluster, base, values, wait=args.wait, timeout=args.timeout, now=datetime.now(timezone.utc),
             progress=progress)
     return EXIT_OK
+
+
+def _check_cert_ttl(cert_ttl: float | None, base: list[dict[str, Any]]) -> None:
+    """Raise `UsageError` when `cert_ttl` exceeds the maximum the manifests' mesh settings allow.
+
+    The flag's parser checks the rest of the rule; this part needs the manifests.
+    """
+    if cert_ttl is None:
+        return
+    maximum = mesh_settings(base).max_cert_ttl_seconds
+    if cert_ttl > maximum:
+        raise UsageError(
+            f"argument --cert-ttl: invalid certificate TTL {format_duration(cert_ttl)}: it is longer than "
+            f"maxCertificateTTL ({format_duration(maximum)}) in the manifests' mesh settings; "
+            f"choose at most {format_duration(maximum)}"
+        )
 
 
 def _uninstall(args: argparse.Namespace, base: list[dict[str, Any]], stdout: Any, progress: Callable[[str], None]) -> int:

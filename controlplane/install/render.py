@@ -60,6 +60,8 @@ def render(base: Iterable[dict[str, Any]], values: InstallValues) -> list[dict[s
         pod = deployment["spec"]["template"]["spec"]
         for each in [*pod.get("initContainers", []), *pod["containers"]]:
             each["image"] = values.image
+    if values.proxy_image is not None:
+        _set_flag(deployment, container, "--proxy-image", values.proxy_image)
     if values.replicas is not None:
         deployment["spec"]["replicas"] = values.replicas
     if deployment["spec"].get("replicas", 1) < 2:

@@ -13,7 +13,7 @@ from controlplane.errors import SpiffeIdError
 from controlplane.identity.spiffe_id import validate_trust_domain
 from controlplane.install.errors import InstallError
 from controlplane.model import names
-from controlplane.model.meshconfig import parse_duration
+from controlplane.model.meshconfig import READERS, format_duration, parse_duration
 from controlplane.model.types import DEFAULT_ROOT_NAMESPACE
 
 # The Secret that holds a CA generated at install time.
@@ -48,6 +48,8 @@ class InstallValues:
     # A Go-style duration such as `24h`, written into the mesh ConfigMap as given.
     cert_ttl: str | None = None
     image: str | None = None
+    # The image of the sidecar and init containers that the webhook injects.
+    proxy_image: str | None = None
     replicas: int | None = None
     ca_source: CaSource = GENERATED
     webhook_failure_policy: str | None = None
@@ -73,11 +75,26 @@ def parse_namespace(text: str) -> str:
     return text
 
 
+# Reasons of `validate_trust_domain` that are worded for a whole SPIFFE ID, reworded for a trust domain.
+_TRUST_DOMAIN_REASONS = {
+    "port": "a trust domain has no port; remove ':' and what follows",
+    "userinfo": "a trust domain has no userinfo; remove '@' and what precedes it",
+}
+
+
 def parse_trust_domain(text: str) -> str:
+    if text.startswith("spiffe://"):
+        raise InstallError(
+            f"invalid trust domain {text!r}: it is a SPIFFE ID; write the trust domain alone, "
+            f"such as {text.removeprefix('spiffe://')}",
+            value=text,
+        )
     try:
         validate_trust_domain(text)
     except SpiffeIdError as exc:
-        raise InstallError(str(exc), value=text) from exc
+        # The identity module's message starts "invalid SPIFFE ID '...': "; keep only its reason.
+        reason = _TRUST_DOMAIN_REASONS.get(exc.rule, exc.message.split(": ", 1)[-1])
+        raise InstallError(f"invalid trust domain {text!r}: {reason}", value=text) from exc
     return text
 
 
@@ -91,6 +108,16 @@ def parse_go_duration(text: str) -> float:
         ) from exc
     if seconds <= 0:
         raise InstallError(f"invalid duration {text!r}: it must be longer than zero", value=text)
+    return seconds
+
+
+def parse_cert_ttl(text: str) -> float:
+    """Parse a workload certificate lifetime, checked by the rule the mesh settings apply to it."""
+    seconds = parse_go_duration(text)
+    _field, read_ttl = READERS["defaultCertificateTTL"]
+    _value, problem = read_ttl(format_duration(seconds))
+    if problem:
+        raise InstallError(f"invalid certificate TTL: {problem}", value=text)
     return seconds
 
 

@@ -18,8 +18,16 @@ def run(*argv: str) -> tuple[int, str, str]:
 
 
 @pytest.mark.parametrize("flags,message", [
-    (["--trust-domain", "Example.org"], "argument --trust-domain: "),
+    (["--trust-domain", "Example.org"], "argument --trust-domain: invalid trust domain 'Example.org': "
+                                        "the trust domain contains 'E'"),
+    (["--trust-domain", "spiffe://example.org"], "argument --trust-domain: invalid trust domain "
+                                                 "'spiffe://example.org': it is a SPIFFE ID"),
+    (["--trust-domain", "example.org:8443"], "argument --trust-domain: invalid trust domain 'example.org:8443': "
+                                             "a trust domain has no port"),
     (["--cert-ttl", "a day"], "argument --cert-ttl: invalid duration 'a day'"),
+    (["--cert-ttl", "30s"], 'argument --cert-ttl: invalid certificate TTL: "30s" must be whole seconds and at least 1m'),
+    (["--cert-ttl", "90500ms"], 'argument --cert-ttl: invalid certificate TTL: "1m30.5s" must be whole seconds'),
+    (["--proxy-image", "has space"], "argument --proxy-image: invalid image 'has space'"),
     (["--replicas", "0"], "argument --replicas: invalid replica count 0: the control plane needs at least 1 replica"),
     (["--ca-source", "vault"], "argument --ca-source: invalid CA source 'vault': use generated or secret:NAME"),
     (["--ca-source", "secret:Bad_Name"], "the Secret name 'Bad_Name' must consist of lower-case letters"),
@@ -43,13 +51,53 @@ def test_cert_ttl_is_written_in_settings_form():
     assert yaml.safe_load(configmap["data"]["mesh"])["defaultCertificateTTL"] == "24h"
 
 
-def test_cert_ttl_over_maximum_fails_before_contacting_cluster():
-    code, out, err = run("install", "--cert-ttl", "400h", "--kubeconfig", "/nonexistent/kubeconfig")
+def test_invalid_flag_message_is_one_line():
+    _code, _out, err = run("install", "--dry-run", "--cert-ttl", "30s")
+
+    assert [line for line in err.splitlines() if "error:" in line] == [
+        'meshctl install: error: argument --cert-ttl: invalid certificate TTL: "30s" must be whole seconds and at least 1m'
+    ]
+
+
+@pytest.mark.parametrize("dry_run", [["--dry-run"], []])
+def test_cert_ttl_over_maximum_is_usage_error(dry_run):
+    code, out, err = run("install", *dry_run, "--cert-ttl", "200h", "--kubeconfig", "/nonexistent/kubeconfig")
+
+    assert code == 2
+    assert out == ""
+    assert err == (
+        "meshctl install: error: argument --cert-ttl: invalid certificate TTL 200h: it is longer than "
+        "maxCertificateTTL (168h) in the manifests' mesh settings; choose at most 168h\n"
+    )
+
+
+def test_cert_ttl_at_maximum_is_accepted():
+    code, out, _err = run("install", "--dry-run", "--cert-ttl", "168h")
+
+    assert code == 0
+    (configmap,) = [doc for doc in yaml.safe_load_all(out) if doc["kind"] == "ConfigMap"]
+    assert yaml.safe_load(configmap["data"]["mesh"])["defaultCertificateTTL"] == "168h"
+
+
+def test_proxy_image_is_passed_to_the_server():
+    code, out, _err = run("install", "--dry-run", "--proxy-image", "registry.example/idmesh/proxy:1.2")
+
+    assert code == 0
+    (deployment,) = [doc for doc in yaml.safe_load_all(out) if doc["kind"] == "Deployment"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-1] == "--proxy-image=registry.example/idmesh/proxy:1.2"
+
+
+def test_manifests_without_mesh_settings_fail_with_cert_ttl(tmp_path):
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "kustomization.yaml").write_text("resources: [namespace.yaml]\n")
+    (base / "namespace.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: idmesh-system\n")
+
+    code, _out, err = run("install", "--dry-run", "--cert-ttl", "24h", "--manifests", str(tmp_path))
 
     assert code == 1
-    assert out == ""
-    assert "meshctl install: error: the mesh settings would be invalid" in err
-    assert "400h is longer than maxCertificateTTL (168h)" in err
+    assert "meshctl install: error: the install manifests contain no configmap/idmesh" in err
 
 
 def test_dry_run_notes_what_comes_from_cluster():

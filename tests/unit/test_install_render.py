@@ -129,6 +129,25 @@ def test_image_sets_every_container_of_the_deployment(base):
     assert all(new == "registry.example/idmesh/cp:1.2" for _old, new in found.values())
 
 
+def test_proxy_image_sets_only_the_proxy_image_flag(base):
+    before = render(base, InstallValues())
+    after = render(base, InstallValues(proxy_image="registry.example/idmesh/proxy:1.2"))
+
+    assert changes(before, after) == {
+        "Deployment/idmesh-controlplane spec.template.spec.containers[0].args[11]": (
+            "--proxy-image=ghcr.io/idmesh/proxy:0.1.0",
+            "--proxy-image=registry.example/idmesh/proxy:1.2",
+        ),
+    }
+
+
+def test_proxy_image_flag_is_the_last_argument(base):
+    (deployment,) = [obj for obj in base if obj["kind"] == "Deployment"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    assert args[-1] == "--proxy-image=ghcr.io/idmesh/proxy:0.1.0"
+
+
 def test_ca_secret_source_sets_the_ca_secret_flag(base):
     before = render(base, InstallValues())
     after = render(base, InstallValues(ca_source=parse_ca_source("secret:corp-ca")))
