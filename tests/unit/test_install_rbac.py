@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from controlplane.install.render import load_base
+from controlplane.model.policy import POLICY_GROUPS
 
 READ = ["get", "list", "watch"]
 
@@ -74,10 +75,21 @@ def test_webhook_patch_is_limited_to_the_injector(objects):
     assert not grants(rules(objects, "ClusterRole"), "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "list")
 
 
-def test_status_writes_only_for_idmesh_policies(objects):
+@pytest.mark.parametrize("group", POLICY_GROUPS)
+@pytest.mark.parametrize("resource", ["authorizationpolicies/status", "peerauthentications/status"])
+def test_status_patch_allowed_for_every_policy_group(objects, group, resource):
+    assert grants(rules(objects, "ClusterRole"), group, resource, "patch")
+
+
+def test_status_writes_only_for_policy_groups(objects):
     status_rules = [rule for rule in rules(objects, "ClusterRole") if any(r.endswith("/status") for r in rule["resources"])]
 
-    assert [rule["apiGroups"] for rule in status_rules] == [["security.idmesh.io"]]
+    assert [rule["apiGroups"] for rule in status_rules] == [list(POLICY_GROUPS)]
+
+
+@pytest.mark.parametrize("verb", ["update", "patch", "delete"])
+def test_ca_secret_is_never_changed(objects, verb):
+    assert not grants(rules(objects, "Role"), "", "secrets", verb)
 
 
 def test_bindings_name_the_control_plane_service_account(objects):
