@@ -297,6 +297,17 @@ def ensure_ca_secret(
     return _check_ca_secret(live, trust_domain)
 
 
+def check_existing_ca_secret(cluster: Cluster, *, namespace: str, source: CaSource, trust_domain: str) -> None:
+    """Raise `InstallError` when the CA Secret exists and is not a CA for `trust_domain`.
+
+    A missing Secret, or a missing namespace, passes: `ensure_ca_secret` creates or reports it.
+    """
+    probe = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": source.secret_name, "namespace": namespace}}
+    live = cluster.get(probe)
+    if live is not None:
+        _check_ca_secret(live, trust_domain)
+
+
 def _check_ca_secret(secret: Mapping[str, Any], trust_domain: str) -> str:
     name = reference(secret)
     data = secret.get("data") or {}

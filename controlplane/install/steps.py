@@ -17,6 +17,7 @@ from controlplane.install.cluster import (
     Progress,
     apply_objects,
     ca_secret,
+    check_existing_ca_secret,
     delete_objects,
     ensure_ca_secret,
     wait_for_rollout,
@@ -50,13 +51,17 @@ def install(
 ) -> None:
     """Apply the rendered objects in dependency order and, with `wait`, wait for the rollout."""
     objects = render(base, values)
+    trust_domain = mesh_settings(objects).trust_domain
+    # Checked before anything is applied: a reinstall that names another trust domain than the
+    # existing CA would otherwise rewrite the mesh settings before it stops.
+    check_existing_ca_secret(cluster, namespace=values.namespace, source=values.ca_source, trust_domain=trust_domain)
     apply_objects(cluster, [obj for obj in objects if _is(obj, *FOUNDATION_KINDS)], progress)
 
     bundle = ensure_ca_secret(
         cluster,
         namespace=values.namespace,
         source=values.ca_source,
-        trust_domain=mesh_settings(objects).trust_domain,
+        trust_domain=trust_domain,
         now=now,
         progress=progress,
     )

@@ -249,11 +249,29 @@ async def test_existing_ca_for_other_trust_domain_is_rejected(kube, kubeconfig):
             in err)
 
 
+async def test_ca_for_other_trust_domain_leaves_settings_unchanged(kube, kubeconfig):
+    await run_meshctl("install", "--no-wait", "--trust-domain", "example.org", "--kubeconfig", str(kubeconfig))
+    (configmap,) = [obj for obj in installed() if obj["kind"] == "ConfigMap"]
+    before = await read(kube, configmap)
+
+    code, _out, err = await run_meshctl("install", "--no-wait", "--kubeconfig", str(kubeconfig))
+
+    assert code == 1
+    assert err.splitlines() == [
+        "meshctl install: error: secret/idmesh-ca holds a CA for trust domain "
+        "'example.org', but the install is for 'cluster.local'; pass --trust-domain example.org or use another "
+        "CA Secret"
+    ]
+    after = await read(kube, configmap)
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert yaml.safe_load(after["data"]["mesh"])["trustDomain"] == "example.org"
+
+
 async def test_unreachable_api_server_is_reported(api_server, kubeconfig):
     await api_server.stop()
 
     code, _out, err = await run_meshctl("install", "--no-wait", "--kubeconfig", str(kubeconfig))
 
     assert code == 1
-    assert "meshctl install: error: GET /apis/apiextensions.k8s.io/v1/customresourcedefinitions/" in err
+    assert "meshctl install: error: GET /api/v1/namespaces/idmesh-system/secrets/idmesh-ca failed" in err
     assert "the API server is unreachable" in err
