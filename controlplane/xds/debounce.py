@@ -36,7 +36,8 @@ class Debouncer:
     """Calls `fire(first_change)` once per burst of `trigger()` calls.
 
     `clock` and `sleep` are injected so tests can drive time by hand. `fire` runs in the event
-    loop task that the first trigger of a burst starts.
+    loop task that the first trigger of a burst starts, so it must return quickly. The snapshot
+    cache only records the due state there and leaves translation to its worker thread.
     """
 
     def __init__(
