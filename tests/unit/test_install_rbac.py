@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -98,3 +99,32 @@ def test_bindings_name_the_control_plane_service_account(objects):
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": "idmesh-controlplane", "namespace": "idmesh-system"}
         ]
+
+
+RBAC_DOC = Path(__file__).resolve().parents[2] / "docs" / "kubernetes-controlplane.md"
+
+
+def words(cell: str) -> tuple[str, ...]:
+    """Split a table cell into its sorted comma-separated words without backquotes; `""` is the core group."""
+    return tuple(sorted(part.strip().strip("`").replace('""', "") for part in cell.split(",") if part.strip()))
+
+
+def documented_rules() -> set[tuple[Any, ...]]:
+    text = RBAC_DOC.read_text()
+    section = text[text.index("## RBAC\n"):text.index("\n## ", text.index("## RBAC\n") + 1)]
+    rows = [line for line in section.splitlines() if line.startswith(("| ClusterRole |", "| Role |"))]
+    found = set()
+    for row in rows:
+        kind, groups, resources, names, verbs, _used_by = [cell.strip() for cell in row.strip("|").split("|")]
+        found.add((kind, words(groups), words(resources), words(names), words(verbs)))
+    return found
+
+
+def test_rbac_doc_lists_exactly_the_manifest_rules(objects):
+    manifest = set()
+    for kind in ("ClusterRole", "Role"):
+        for rule in rules(objects, kind):
+            manifest.add((kind, tuple(sorted(rule["apiGroups"])), tuple(sorted(rule["resources"])),
+                          tuple(sorted(rule.get("resourceNames", []))), tuple(sorted(rule["verbs"]))))
+
+    assert documented_rules() == manifest
