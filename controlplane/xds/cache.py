@@ -188,7 +188,8 @@ class SnapshotCache:
         A burst of updates still inside its debounce period is not waited for.
         """
         while self._driver is not None and not self._driver.done():
-            await asyncio.shield(self._driver)
+            # asyncio.wait neither cancels the driver when this waiter is cancelled nor raises.
+            await asyncio.wait({self._driver})
 
     async def close(self) -> None:
         """Drop pending updates and stop the worker.
@@ -247,12 +248,21 @@ class SnapshotCache:
     async def _drive(self) -> None:
         """Run due rebuilds in the worker one after another until none is left."""
         loop = asyncio.get_running_loop()
-        while (rebuild := self._next_rebuild()) is not None:
+        while True:
+            try:
+                rebuild = self._next_rebuild()
+            except Exception:
+                # Reading the trust bundle failed. The due state stays, so the next update or
+                # refresh tries again.
+                log.exception("xds.cache.rebuild_failed", stage="prepare", groups=len(self._groups))
+                return
+            if rebuild is None:
+                return
             try:
                 built = await loop.run_in_executor(self._worker, self._build_all, rebuild)
             except Exception:
                 # _build_all catches translator errors per group, so this is a bug in the cache itself.
-                log.exception("xds.cache.rebuild_failed", groups=len(rebuild.groups))
+                log.exception("xds.cache.rebuild_failed", stage="build", groups=len(rebuild.groups))
                 continue
             self._publish(rebuild, built)
 
@@ -261,15 +271,17 @@ class SnapshotCache:
         if self._due is not None:
             state, seen_at = self._due, self._due_seen_at
             assert seen_at is not None  # set together with _due
+            bundle = self._trust_bundle()
             self._due, self._due_seen_at = None, None
             self._unbuilt.clear()
-            return _Rebuild(state, tuple(self._groups.values()), self._trust_bundle(), seen_at, True)
+            return _Rebuild(state, tuple(self._groups.values()), bundle, seen_at, True)
         if not self._unbuilt or self._state is None:
             return None
+        bundle = self._trust_bundle()
         groups = tuple(self._groups[key] for key in self._unbuilt)
         seen_at = min(self._unbuilt.values())
         self._unbuilt.clear()
-        return _Rebuild(self._state, groups, self._trust_bundle(), seen_at, False)
+        return _Rebuild(self._state, groups, bundle, seen_at, False)
 
     def _publish(self, rebuild: _Rebuild, built: Sequence[_Built]) -> int:
         """Store the results and call watchers, in group order; return how many groups changed."""

@@ -426,3 +426,30 @@ async def test_close_stops_a_pending_update():
     await settled(cache)
 
     assert translator.calls == ["ledger-node"]
+
+
+async def test_trust_bundle_failure_retries_on_refresh():
+    time = ManualTime()
+    bundles: list[bytes | Exception] = [RuntimeError("CA not loaded"), BUNDLE]
+
+    def trust_bundle() -> bytes:
+        bundle = bundles.pop(0)
+        if isinstance(bundle, Exception):
+            raise bundle
+        return bundle
+
+    cache = SnapshotCache(PerWorkloadTranslator(), trust_bundle=trust_bundle, state=MeshState(),
+                          clock=time.clock, sleep=time.sleep, debounce=DebounceSettings(0.1, 1.0))
+    updates = []
+    with capture_logs() as logs:
+        watch = cache.watch(proxy("ledger"), updates.append)
+        await settled(cache)
+    assert [entry["stage"] for entry in logs if entry["event"] == "xds.cache.rebuild_failed"] == ["prepare"]
+    assert updates == []
+
+    cache.refresh()
+    await time.advance(0.1)
+    await settled(cache)
+
+    assert updates == [watch.snapshot]
+    assert "ROOTCA" in watch.snapshot.of_type(SECRET)
