@@ -10,8 +10,9 @@ Every replica:
   certificate from the mesh CA, and reads namespace labels from the configuration source.
 
 The replica that holds the Lease `idmesh-controlplane` also runs the singleton duties: the
-ConfigMap `idmesh-root-cert` in every namespace, and the `Accepted` condition of every policy,
-evaluated again after each rebuild of the mesh state.
+ConfigMap `idmesh-root-cert` in every namespace, the `Accepted` condition of every policy,
+evaluated again after each rebuild of the mesh state, and with `--webhook-address` the
+`caBundle` of the MutatingWebhookConfiguration `idmesh-sidecar-injector`.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ from controlplane.identity.pemfiles import write_secret_file
 from controlplane.identity.svid import format_serial
 from controlplane.injector.settings import InjectionSettings
 from controlplane.injector.webhook import InjectorWebhook, server_ssl_context
+from controlplane.injector.webhook_config import WEBHOOK_CONFIGURATION_NAME
 from controlplane.kube.leader import ElectionSettings, LeaderElector, holder_identity, run_while_leading
 from controlplane.kube.policy_status import PolicyKey, PolicyStatusWriter, is_policy, policy_key
 from controlplane.kube.root_configmap import NAMESPACES, RootCertPublisher
+from controlplane.kube.webhook_ca_bundle import WebhookCABundleUpdater
 from controlplane.log import get_logger
 from controlplane.model.policy import parse_authorization_policy
 from controlplane.model.types import MeshConfig, MeshState
@@ -330,6 +333,12 @@ class KubernetesMode:
         async with asyncio.TaskGroup() as duties:
             duties.create_task(publisher.run(), name="root-cert-publisher")
             duties.create_task(self._follow_bundle(publisher), name="root-cert-bundle")
+            if self.webhook is not None:
+                ca = self._ca
+                updater = WebhookCABundleUpdater(self.configuration, name=WEBHOOK_CONFIGURATION_NAME,
+                                                 bundle_pem=lambda: ca.trust_bundle().to_pem(),
+                                                 bundle_check_seconds=self._bundle_check_seconds)
+                duties.create_task(updater.run(), name="webhook-ca-bundle")
             duties.create_task(self._write_policy_status(), name="policy-status")
 
     async def _follow_bundle(self, publisher: RootCertPublisher) -> None:
