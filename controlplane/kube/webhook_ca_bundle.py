@@ -3,14 +3,13 @@
 The webhook serves a certificate issued by the mesh CA, so the API server can call it only if
 every webhook's `clientConfig.caBundle` contains the mesh roots. `WebhookCABundleUpdater.run`
 is a leader duty (see `leader.run_while_leading`). It reads the configuration on start, every
-`resync_seconds`, and as soon as the bundle provider returns another bundle. When a webhook's
-`caBundle` differs, it sends one JSON patch that sets them all.
+`resync_seconds`, and within `bundle_check_seconds` of the bundle provider returning another
+bundle. When a webhook's `caBundle` differs, it sends one JSON patch that sets them all.
 
-A JSON merge patch replaces a list as a whole, and strategic merge does not apply to built-in
-admission types in every API server version. A JSON patch addresses each webhook by index
-instead, and starts with `test` operations on `metadata.resourceVersion` and on each patched
-webhook's name, so a configuration edited since it was read is rejected (HTTP 422) and read
-again on the next pass instead of being overwritten.
+A JSON merge patch would replace the `webhooks` list as a whole, so the updater sends a JSON
+patch (RFC 6902) that addresses each webhook by index. The patch starts with `test` operations on
+`metadata.resourceVersion` and on each patched webhook's name. A configuration edited since it
+was read therefore fails with HTTP 422, and the next pass reads it again.
 """
 
 from __future__ import annotations
