@@ -14,7 +14,7 @@ from typing import Any
 from controlplane.model.analysis import Finding, analyze
 from controlplane.model.parse import parse_objects
 from controlplane.sources.files import load_folder
-from meshctl.cli import EXIT_OK, EXIT_PROBLEMS, UsageError
+from meshctl.errors import EXIT_OK, EXIT_PROBLEMS, UsageError
 from meshctl.output import Column, add_output_argument, render
 
 COLUMNS = (

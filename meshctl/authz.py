@@ -24,7 +24,7 @@ from controlplane.authz.inbound import parse_listeners
 from controlplane.authz.report import outcome_record
 from controlplane.errors import MeshError, SpiffeIdError
 from controlplane.identity.spiffe_id import SCHEME_PREFIX, SpiffeId
-from meshctl.cli import EXIT_OK, UsageError
+from meshctl.errors import EXIT_OK, UsageError
 from meshctl.client import AdminClient, NotFoundError, add_connection_arguments, admin_client, split_workload
 from meshctl.output import add_output_argument, format_table, render
 

@@ -19,7 +19,7 @@ from cryptography.x509.oid import ExtensionOID
 
 from controlplane.cli import parse_duration
 from controlplane.translate.resources import ROOTCA_SECRET, WORKLOAD_SECRET
-from meshctl.cli import EXIT_OK, EXIT_PROBLEMS, UsageError
+from meshctl.errors import EXIT_OK, EXIT_PROBLEMS, UsageError
 from meshctl.client import (
     AdminApiError,
     NotFoundError,

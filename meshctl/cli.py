@@ -19,6 +19,7 @@ from typing import Sequence, TextIO
 
 from controlplane.errors import MeshError
 from controlplane.log import configure as configure_logging
+from meshctl.errors import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, UsageError
 
 COMMAND_MODULES = (
     "meshctl.analyze",
@@ -33,13 +34,8 @@ COMMAND_MODULES = (
     "meshctl.authz",
 )
 
-EXIT_OK = 0
-EXIT_PROBLEMS = 1
-EXIT_USAGE = 2
-
-
-class UsageError(MeshError):
-    """Invalid arguments that argparse cannot detect, such as a folder that does not exist."""
+# Re-exported: commands and tests import these names from here as well.
+__all__ = ["EXIT_OK", "EXIT_PROBLEMS", "EXIT_USAGE", "UsageError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:

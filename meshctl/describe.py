@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from meshctl.certs import resolve_workload
-from meshctl.cli import EXIT_OK
+from meshctl.errors import EXIT_OK
 from meshctl.client import NotFoundError, add_connection_arguments, admin_client
 from meshctl.output import add_output_argument
 

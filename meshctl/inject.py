@@ -23,7 +23,7 @@ import yaml
 from controlplane.errors import MeshError
 from controlplane.injector.settings import InjectionSettings
 from controlplane.injector.template import inject_pod
-from meshctl.cli import EXIT_OK, UsageError
+from meshctl.errors import EXIT_OK, UsageError
 
 # Path of the pod template inside each workload kind; () is the object itself.
 POD_TEMPLATE_PATHS: dict[str, tuple[str, ...]] = {

@@ -26,7 +26,7 @@ from controlplane.install.steps import install, uninstall, uninstall_objects
 from controlplane.install.values import WEBHOOK_FAILURE_POLICIES, InstallValues
 from controlplane.model.meshconfig import format_duration
 from controlplane.model.types import DEFAULT_ROOT_NAMESPACE
-from meshctl.cli import UsageError
+from meshctl.errors import UsageError
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -13,7 +13,7 @@ import argparse
 from datetime import datetime, timezone
 from typing import Any
 
-from meshctl.cli import EXIT_OK
+from meshctl.errors import EXIT_OK
 from meshctl.client import AdminApiError, add_connection_arguments, admin_client, gather
 from meshctl.output import Column, add_output_argument, render
 from meshctl.status import time_left

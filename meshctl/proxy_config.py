@@ -18,7 +18,7 @@ import yaml
 
 from controlplane.translate.resources import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from meshctl.certs import connected_proxy, resolve_workload
-from meshctl.cli import EXIT_OK
+from meshctl.errors import EXIT_OK
 from meshctl.client import NotFoundError, add_connection_arguments, admin_client, envoy_get_json
 from meshctl.output import Column, add_output_argument, render
 

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from controlplane.translate.resources import PUSH_ORDER, SHORT_NAMES
-from meshctl.cli import EXIT_OK, EXIT_PROBLEMS
+from meshctl.errors import EXIT_OK, EXIT_PROBLEMS
 from meshctl.client import AdminApiError, add_connection_arguments, admin_client, gather
 from meshctl.output import Column, add_output_argument, render
 

@@ -18,7 +18,7 @@ from controlplane.local.plan import DEFAULT_SUBNET, plan_local_mesh
 from controlplane.local.scenario import parse_scenario
 from controlplane.model.types import MeshState
 from controlplane.local.up import SCENARIO_FILE, UpOptions, check_scenario, start_mesh, stop_mesh, verdict_rows, wait_for_stop, workload_rows
-from meshctl.cli import EXIT_OK, EXIT_PROBLEMS, UsageError
+from meshctl.errors import EXIT_OK, EXIT_PROBLEMS, UsageError
 from meshctl.output import Column, add_output_argument, render
 
 
