@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import NoReturn
 
+from controlplane.identity.svid import format_serial
 from controlplane import log as logging_setup
 from controlplane.errors import ConfigError, MeshError, SpiffeIdError
 from controlplane.identity.ca import CertificateAuthority
@@ -198,7 +199,7 @@ def command_ca_init(args: argparse.Namespace) -> int:
     root = ca.roots[0]
     signer = "an intermediate under the root" if args.intermediate else "the root"
     print(f"created CA for trust domain {ca.trust_domain} in {args.ca_dir}: {args.key_type} keys, "
-          f"leaves signed by {signer}, root serial {root.serial_number:x}")
+          f"leaves signed by {signer}, root serial {format_serial(root.serial_number)}")
     return 0
 
 
@@ -211,7 +212,7 @@ def command_ca_issue(args: argparse.Namespace) -> int:
     write_file(out_dir / "svid.pem", "".join(issued.cert_chain_pem).encode(), mode=PUBLIC_FILE_MODE)
     bundle = "".join(certificate_to_pem(root) for root in ca.trust_bundle().roots)
     write_file(out_dir / "bundle.pem", bundle.encode(), mode=PUBLIC_FILE_MODE)
-    print(f"issued {issued.spiffe_id} serial {issued.serial:x}, valid until {issued.not_after.isoformat()}, "
+    print(f"issued {issued.spiffe_id} serial {format_serial(issued.serial)}, valid until {issued.not_after.isoformat()}, "
           f"in {out_dir}")
     return 0
 

@@ -17,6 +17,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
+from controlplane.identity.svid import format_serial
 from controlplane.cli import parse_duration
 from controlplane.translate.resources import ROOTCA_SECRET, WORKLOAD_SECRET
 from meshctl.errors import EXIT_OK, EXIT_PROBLEMS, UsageError
@@ -139,7 +140,7 @@ def certificate_record(cert: x509.Certificate, *, role: str, now: datetime, in_u
         "role": role,
         "subject": cert.subject.rfc4514_string(),
         "uri_san": ",".join(uris),
-        "serial": format(cert.serial_number, "x"),
+        "serial": format_serial(cert.serial_number),
         "issuer": cert.issuer.rfc4514_string(),
         "not_before": cert.not_valid_before_utc.isoformat(),
         "not_after": not_after.isoformat(),

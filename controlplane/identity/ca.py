@@ -187,7 +187,7 @@ class CertificateAuthority:
         }
         write_file(ca_dir / CA_CONFIG, yaml.safe_dump(settings, sort_keys=False).encode(), mode=PUBLIC_FILE_MODE)
         log.info("ca.created", trust_domain=trust_domain, key_type=key_type, intermediate=intermediate,
-                 root_serial=f"{root.serial_number:x}")
+                 root_serial=format_serial(root.serial_number))
         return cls(
             trust_domain=trust_domain,
             signing_key=signing_key,

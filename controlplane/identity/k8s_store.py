@@ -33,6 +33,7 @@ from typing import Any
 
 from kubernetes.client import ApiClient, CoreV1Api
 
+from controlplane.identity.svid import format_serial
 from controlplane.errors import CAError, KubernetesApiError
 from controlplane.identity.ca import CA_FILES, CA_KEY, ROOT_KEY, CertificateAuthority
 from controlplane.identity.join_token import JOIN_TOKEN_KEY
@@ -139,7 +140,7 @@ class SecretCAStore:
             shutil.rmtree(directory, ignore_errors=True)
             raise
         if created:
-            log.info("ca.secret.created", secret=self.reference, root_serial=f"{ca.roots[0].serial_number:x}")
+            log.info("ca.secret.created", secret=self.reference, root_serial=format_serial(ca.roots[0].serial_number))
             return LoadedCA(ca=ca, directory=directory, created=True)
 
         shutil.rmtree(directory, ignore_errors=True)
@@ -209,7 +210,7 @@ class SecretCAStore:
                 f"{trust_domain!r}; fix the trust domain setting or replace the Secret",
                 secret=self.reference,
             )
-        log.info("ca.secret.loaded", secret=self.reference, root_serial=f"{ca.roots[0].serial_number:x}",
+        log.info("ca.secret.loaded", secret=self.reference, root_serial=format_serial(ca.roots[0].serial_number),
                  intermediate=ca.signing_certificate not in ca.roots)
         return LoadedCA(ca=ca, directory=directory, created=created)
 

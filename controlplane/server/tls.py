@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 import grpc
 from cryptography import x509
 
+from controlplane.identity.svid import format_serial
 from controlplane.errors import MeshError, SvidError
 from controlplane.identity.spiffe_id import SpiffeId
 from controlplane.identity.svid import validate_svid
@@ -69,7 +70,7 @@ class ServingMaterial:
 
     def __repr__(self) -> str:
         # The key must never reach a log line or a traceback through repr().
-        return f"ServingMaterial(spiffe_id={self.spiffe_id}, serial={self.serial:x}, not_after={self.not_after})"
+        return f"ServingMaterial(spiffe_id={self.spiffe_id}, serial={format_serial(self.serial)}, not_after={self.not_after})"
 
 
 class ServingCredentials:
@@ -172,6 +173,6 @@ async def keep_serving_certificate_fresh(
         log.info(
             "server.certificate.renewed",
             spiffe_id=str(material.spiffe_id),
-            serial=f"{material.serial:x}",
+            serial=format_serial(material.serial),
             not_after=material.not_after.isoformat(),
         )

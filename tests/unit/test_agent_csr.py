@@ -15,6 +15,7 @@ from controlplane.errors import SvidError
 from controlplane.identity.ca import CertificateAuthority
 from controlplane.identity.pemfiles import certificate_to_pem
 from controlplane.identity.spiffe_id import SpiffeId
+from controlplane.identity.svid import format_serial
 
 NOW = datetime.now(timezone.utc)
 LEDGER = SpiffeId.parse("spiffe://example.org/ns/payments/sa/ledger")
@@ -79,7 +80,7 @@ def test_response_becomes_svid(ca: CertificateAuthority) -> None:
     )
 
     assert svid.spiffe_id == LEDGER
-    assert svid.serial == format(issued.serial, "x")
+    assert svid.serial == format_serial(issued.serial)
     assert svid.not_after == issued.not_after
     assert svid.trust_bundle == ca.trust_bundle().roots
 
