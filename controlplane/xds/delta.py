@@ -32,6 +32,7 @@ from controlplane.xds.stream import (
     StaleNonceIgnored,
     TypeState,
     XdsProtocolError,
+    digest_of_sent,
 )
 
 
@@ -135,7 +136,7 @@ class DeltaStream(BaseStream):
         upserts = {
             name: resource
             for name, resource in desired.items()
-            if name in state.forced or _digest(state.sent.get(name)) != resource.digest
+            if name in state.forced or digest_of_sent(state.sent.get(name)) != resource.digest
         }
         candidates = set(state.sent) | state.forced
         removals = frozenset(
@@ -162,10 +163,6 @@ class DeltaStream(BaseStream):
         state.in_flight = {**changes.upserts, **{name: None for name in changes.removals}}
         state.sent.update(state.in_flight)
         return response
-
-
-def _digest(resource: Resource | None) -> str | None:
-    return resource.digest if resource is not None else None
 
 
 DELTA_TRANSITIONS: dict[tuple[Phase, DeltaRequestKind], Handler] = {

@@ -391,7 +391,7 @@ class SotwStream(BaseStream):
         upserts = {
             name: resource
             for name, resource in desired.items()
-            if name in state.forced or _digest(state.sent.get(name)) != resource.digest
+            if name in state.forced or digest_of_sent(state.sent.get(name)) != resource.digest
         }
         removals: frozenset[str] = frozenset()
         if state.type_url in WILDCARD_TYPES:
@@ -416,7 +416,8 @@ class SotwStream(BaseStream):
         return response
 
 
-def _digest(resource: Resource | None) -> str | None:
+def digest_of_sent(resource: Resource | None) -> str | None:
+    """Return the digest of a resource last sent, or None for one removed or never sent."""
     return resource.digest if resource is not None else None
 
 
