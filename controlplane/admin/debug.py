@@ -158,7 +158,7 @@ def _matches(value: str, identity: SpiffeId, *, namespace_field: bool, state: Me
 
 
 def policy_mentions(policy: AuthorizationPolicy, identity: SpiffeId, state: MeshState) -> list[dict[str, Any]]:
-    """Every `from` and `when` value of `policy` that matches `identity`, with where it sits."""
+    """List every `from` and `when` value of `policy` that matches `identity`, with its field path."""
     found = []
     for index, rule in enumerate(policy.rules):
         entries: list[tuple[str, str, bool]] = []
@@ -237,7 +237,7 @@ def _fields(value: Any) -> dict[str, Any]:
 
 
 def rule_json(rule: Rule) -> dict[str, Any]:
-    """A rule in the AuthorizationPolicy YAML shape: `from`, `to` and `when`."""
+    """Convert a rule back to the AuthorizationPolicy YAML shape: `from`, `to` and `when`."""
     result: dict[str, Any] = {}
     if rule.sources:
         result["from"] = [{"source": _fields(source)} for source in rule.sources]
@@ -262,7 +262,7 @@ def policy_json(policy: AuthorizationPolicy) -> dict[str, Any]:
 
 
 def explain_mtls(policy: MtlsPolicy, port: int) -> dict[str, Any]:
-    """The mode of `port` and which PeerAuthentication level decided it, as `mode_for_port` does."""
+    """Return the mTLS mode of `port` and the PeerAuthentication level that decided it, as `mode_for_port` does."""
     mode = policy.mode_for_port(port)
     decider = None
     level_name = "default"
@@ -283,7 +283,7 @@ def explain_mtls(policy: MtlsPolicy, port: int) -> dict[str, Any]:
 
 
 def _proxy_for(workload: Workload, trust_domain: str) -> Proxy:
-    """A stand-in Proxy for questions the translator asks about a workload with no connection."""
+    """Build a stand-in Proxy, so the translator can describe a workload whose sidecar is not connected."""
     return Proxy(
         node_id="", namespace=workload.namespace, workload=workload.name,
         service_account=workload.service_account, ip=workload.ip or "",

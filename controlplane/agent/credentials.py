@@ -1,7 +1,7 @@
 """The workload's key, its certificate signing request, and the X.509-SVID the CA returns.
 
 The private key is generated here, in the agent's memory, and never leaves the process: the CA
-sees only the CSR, and Envoy receives the key over the SDS Unix socket. Nothing in this module
+receives only the CSR, and Envoy receives the key over the SDS Unix socket. Nothing in this module
 logs or writes the key.
 """
 

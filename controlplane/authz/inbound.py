@@ -108,7 +108,7 @@ def inbound_ports(listeners: Sequence[listener_pb2.Listener]) -> list[int]:
 
 
 def chains_for_port(listeners: Sequence[listener_pb2.Listener], port: int) -> PortChains:
-    """The chains of the inbound listener that serves `port`; raise NoInboundChainError if none."""
+    """Return the chains of the inbound listener that serves `port`, or raise NoInboundChainError."""
     for listener in filter(_is_inbound, listeners):
         if listener.name == "virtualInbound":
             exact = [c for c in listener.filter_chains if _chain_port(c) == port]
@@ -139,11 +139,11 @@ def _check_match_fields(chain: listener_components_pb2.FilterChain) -> None:
 
 
 def select_chain(port_chains: PortChains, *, tls: bool) -> listener_components_pb2.FilterChain | None:
-    """The chain a TLS (or plaintext) connection lands on, or None when no chain accepts it.
+    """Return the chain a TLS (or plaintext) connection lands on, or None when no chain accepts it.
 
-    A chain with `transport_protocol` "" accepts both kinds of connection, but one with a TLS
-    transport socket then fails the handshake of a plaintext client, and one without one
-    reads a TLS client's handshake as plaintext bytes; both end the connection.
+    A chain with `transport_protocol` "" accepts both kinds of connection. If it has a TLS
+    transport socket, a plaintext client then fails the handshake. If it has none, a TLS client's
+    handshake is read as plaintext bytes. Either way the connection ends.
     """
     for chain in port_chains.chains:
         _check_match_fields(chain)

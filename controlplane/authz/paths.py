@@ -4,17 +4,17 @@ RBAC matches the path after these steps, so the evaluator must see the same stri
 (`ConnectionManagerUtility::maybeNormalizePath` and `PathUtil`) applies, in this order:
 
 1. `path_with_escaped_slashes_action`: UNESCAPE_AND_FORWARD and UNESCAPE_AND_REDIRECT replace
-   `%2F`/`%2f` with `/` and `%5C`/`%5c` with `\\`; REJECT_REQUEST answers 400 when the path
+   `%2F`/`%2f` with `/` and `%5C`/`%5c` with `\\`; REJECT_REQUEST responds with 400 when the path
    has one of them. The default (IMPLEMENTATION_SPECIFIC_DEFAULT) keeps them.
 2. `normalize_path`: Chromium's URL path canonicalization (RFC 3986 dot segments, `\\` read as
    `/`, percent-encoded unreserved characters decoded, characters outside the URL set
-   percent-encoded). Before it, a `.;` or `..;` segment loses its parameters. A path holding
+   percent-encoded). Before it, a `.;` or `..;` segment loses its parameters. A path containing
    `%00` or a NUL byte fails and gets 400.
 3. `merge_slashes`: runs of `/` become one.
 
 Every step works on the part before the first `?`; the query string is kept as sent. Before
-all of them, the HTTP/1 codec answers 400 to a request-target with a byte outside visible
-ASCII (space, control characters, DEL, UTF-8), and the connection manager answers 400 to one
+all of them, the HTTP/1 codec responds with 400 to a request-target with a byte outside visible
+ASCII (space, control characters, DEL, UTF-8), and the connection manager responds with 400 to one
 with a fragment (`#`). Both were checked against Envoy 1.40.
 """
 
@@ -68,10 +68,10 @@ class PathSettings:
 
 @dataclass(frozen=True, slots=True)
 class NormalizedPath:
-    """The path as HTTP filters see it, or why Envoy answers 400 instead.
+    """The path as HTTP filters see it, or why Envoy responds with 400 instead.
 
     `rejected` is None when the request goes on to the filters. `redirected` is set when
-    UNESCAPE_AND_REDIRECT answers with a redirect to `path` instead of running the filters.
+    UNESCAPE_AND_REDIRECT responds with a redirect to `path` instead of running the filters.
     """
 
     original: str

@@ -325,7 +325,7 @@ def _check_ca_secret(secret: Mapping[str, Any], trust_domain: str) -> str:
     held = settings.get("trust_domain") if isinstance(settings, dict) else None
     if held != trust_domain:
         raise InstallError(
-            f"{name} holds a CA for trust domain {held!r}, but the install is for {trust_domain!r}; "
+            f"{name} contains a CA for trust domain {held!r}, but the install is for {trust_domain!r}; "
             f"pass --trust-domain {held} or use another CA Secret",
             object=name,
         )

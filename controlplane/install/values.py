@@ -16,7 +16,7 @@ from controlplane.model import names
 from controlplane.model.meshconfig import READERS, format_duration, parse_duration
 from controlplane.model.types import DEFAULT_ROOT_NAMESPACE
 
-# The Secret that holds a CA generated at install time.
+# The Secret that contains a CA generated at install time.
 GENERATED_CA_SECRET = "idmesh-ca"
 WEBHOOK_FAILURE_POLICIES = ("Fail", "Ignore")
 # A container image reference: no whitespace, and not starting with a dash or a slash.
@@ -28,7 +28,7 @@ class CaSource:
     """Where the control plane's CA comes from: always a Secret in the root namespace.
 
     `generated` means meshctl creates the CA and the Secret `idmesh-ca` when it does not exist
-    yet; otherwise the admin has created `secret_name` from a CA directory beforehand.
+    yet. Otherwise the admin has created `secret_name` from a CA directory beforehand.
     """
 
     secret_name: str

@@ -10,7 +10,7 @@ Recovery depends on how the watch ended:
 - the watch ends at `timeoutSeconds`: watch again from the last resourceVersion seen;
 - 410 Gone (HTTP status, or an ERROR event with code 410): list again, quietly;
 - the server is unreachable or fails: wait with capped exponential backoff, then watch again
-  from the last resourceVersion (which may in turn answer 410);
+  from the last resourceVersion (which may in turn return 410);
 - a CRD collection that is not served: report the collection as listed, check discovery again
   every `crd_recheck_seconds`, and log the absence once.
 """
@@ -189,7 +189,7 @@ class Informer:
                 return
 
     def _recovered(self) -> None:
-        """Reset the backoff after the API server has answered a request."""
+        """Reset the backoff after the API server has responded to a request."""
         self._failures = 0
         if self._unreachable_logged:
             log.info("kubernetes.api.reachable", resource=self.kind.path)

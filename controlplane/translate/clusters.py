@@ -204,7 +204,7 @@ def outbound_cluster(
 
 
 def load_assignment(target: OutboundTarget) -> endpoint_pb2.ClusterLoadAssignment:
-    """The ClusterLoadAssignment of an outbound cluster, endpoints sorted by address and port."""
+    """Build the ClusterLoadAssignment of an outbound cluster, endpoints sorted by address and port."""
     lb_endpoints = []
     for endpoint, mtls in target.endpoints:
         lb_endpoint = endpoint_components_pb2.LbEndpoint(

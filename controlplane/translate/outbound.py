@@ -88,7 +88,7 @@ def _tcp_filter_chain(cluster: str, *, name: str, match=None) -> listener_compon
 
 
 def _route(target: OutboundTarget) -> route_components_pb2.Route:
-    """A catch-all route to the target's cluster; a CONNECT-only route for a TCP service."""
+    """Build a catch-all route to the target's cluster, or a CONNECT-only route for a TCP service."""
     action = route_components_pb2.RouteAction(cluster=target.cluster, timeout=duration_pb2.Duration())
     if target.port.is_http:
         return route_components_pb2.Route(match=route_components_pb2.RouteMatch(prefix="/"), route=action)

@@ -1,7 +1,7 @@
 """Checks for output Envoy would reject, run before a proxy's configuration is returned.
 
 Envoy rejects a whole xDS response when one resource in it is invalid, so a single bad service
-or policy would otherwise stop every update to every proxy that sees it. These checks find
+or policy would otherwise stop every update to every proxy that receives it. These checks find
 such faults and leave out (or fail closed) only the object at fault, with a `TranslationError`
 that names it.
 
@@ -75,7 +75,7 @@ def regex_error(pattern: str) -> str | None:
 
 @lru_cache(maxsize=None)
 def _may_hold_regex(descriptor: Descriptor) -> bool:
-    """Whether a message of this type can contain a RegexMatcher, directly or inside an Any."""
+    """Return whether a message of this type can contain a RegexMatcher, directly or inside an Any."""
     seen: set[str] = set()
     pending = [descriptor]
     while pending:

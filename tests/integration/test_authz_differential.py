@@ -5,7 +5,7 @@ six callees. Each callee gets its own random policy set: ALLOW, DENY and AUDIT p
 dry-run policies, principals and namespaces with their `not` forms, methods, exact, prefix and
 suffix paths, hosts, ports, IP blocks and `when` conditions. One callee is STRICT, one DISABLE,
 and one also has a policy that fails closed. Every call runs through the caller's sidecar (or
-straight to the callee in plaintext for a caller without one), and Envoy's answer (200, or 403
+straight to the callee in plaintext for a caller without one), and Envoy's response (200, or 403
 with `RBAC: access denied`, or a reset) is compared with the decision `meshctl authz check`
 prints for the same call.
 """
@@ -315,7 +315,7 @@ def meshctl_decision(case: Case, admin_url: str, outside_ip: str) -> dict[str, A
 
 
 async def outside_source_ip(mesh) -> str:
-    """The address the callee's Envoy sees for a direct call from this test process."""
+    """Return the source address the callee's Envoy observes for a direct call from this test process."""
     target = mesh.plan.find("alpha/svc-1")
     await http_call(target.address, HTTP_PORT, method="GET", path="/source-probe", authority="probe", timeout=5)
     for _ in range(50):

@@ -245,7 +245,7 @@ async def test_existing_ca_for_other_trust_domain_is_rejected(kube, kubeconfig):
                                         "--kubeconfig", str(kubeconfig))
 
     assert code == 1
-    assert ("secret/idmesh-ca holds a CA for trust domain 'cluster.local', but the install is for 'example.org'"
+    assert ("secret/idmesh-ca contains a CA for trust domain 'cluster.local', but the install is for 'example.org'"
             in err)
 
 
@@ -258,7 +258,7 @@ async def test_ca_for_other_trust_domain_leaves_settings_unchanged(kube, kubecon
 
     assert code == 1
     assert err.splitlines() == [
-        "meshctl install: error: secret/idmesh-ca holds a CA for trust domain "
+        "meshctl install: error: secret/idmesh-ca contains a CA for trust domain "
         "'example.org', but the install is for 'cluster.local'; pass --trust-domain example.org or use another "
         "CA Secret"
     ]
